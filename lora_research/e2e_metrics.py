@@ -1,0 +1,62 @@
+"""Drop-in for the E2E challenge's ``measure_scores.py -p REF_FILE PRED_FILE``, printing JSON.
+
+    python -m lora_research.e2e_metrics REF_FILE PRED_FILE [--metrics BLEU NIST ...] [--paper-scale]
+
+REF_FILE: references of one MR on consecutive lines, MRs separated by a blank line (LoRA's
+``e2e_ref.txt``), or an E2E dataset CSV (``*.csv``, ``mr,ref`` rows). PRED_FILE: one prediction per
+line (LoRA's ``e2e_pred.txt``). Prints ``{"BLEU": ..., "NIST": ..., ...}`` (official scale; with
+``--paper-scale`` the LoRA paper's Table 3 scale). Exit status: 0 all metrics computed; 1 some
+metric failed (JSON still printed, with an ``"errors"`` entry, reason also on stderr); 2 bad usage
+or input (missing file, count mismatch...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from lora_research.metrics.e2e import E2E_METRICS, ERRORS_KEY, score_e2e, to_paper_scale
+from lora_research.metrics.e2e_files import read_e2e_csv, read_prediction_file, read_reference_file
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lora_research.e2e_metrics", description=__doc__.split("\n")[0])
+    parser.add_argument("ref_file", type=Path, help="references: blank-line-separated groups, or an E2E .csv")
+    parser.add_argument("pred_file", type=Path, help="predictions: one per line")
+    parser.add_argument("--metrics", nargs="+", default=list(E2E_METRICS), choices=E2E_METRICS, metavar="METRIC",
+                        help=f"subset of {' '.join(E2E_METRICS)} (default: all)")
+    parser.add_argument("--paper-scale", action="store_true",
+                        help="BLEU, METEOR, ROUGE_L x100 (NIST, CIDEr raw), as in the LoRA paper's Table 3")
+    args = parser.parse_args(argv)
+
+    try:
+        for kind, path in (("reference", args.ref_file), ("prediction", args.pred_file)):
+            if not path.is_file():
+                raise ValueError(f"{kind} file not found: {path}")
+        if args.ref_file.suffix.lower() == ".csv":
+            references = read_e2e_csv(args.ref_file)[1]
+        else:
+            references = read_reference_file(args.ref_file)
+        predictions = read_prediction_file(args.pred_file)
+        if len(predictions) != len(references):
+            raise ValueError(
+                f"{len(predictions)} predictions in {args.pred_file} but {len(references)} "
+                f"reference groups (MRs) in {args.ref_file}"
+            )
+        scores = score_e2e(predictions, references, metrics=args.metrics)
+    except (ValueError, UnicodeDecodeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    if args.paper_scale:
+        scores = to_paper_scale(scores)
+    print(json.dumps(scores, indent=2))
+    for metric, message in scores.get(ERRORS_KEY, {}).items():
+        print(f"error: {metric} not computed: {message}", file=sys.stderr)
+    return 1 if ERRORS_KEY in scores else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

