@@ -33,6 +33,8 @@ HYP2 = "a dog barked loudly today"  # 5 tokens
 R3 = "the dog barked loudly all day"  # 6 tokens
 TOY_HYPS = [HYP1, HYP2]
 TOY_REFS = [[R1, R2], [R3]]
+DISTINCT = ["the golden curry serves cheap italian food", "blue spice is a riverside coffee shop",
+            "zizzi pub has a low customer rating"]
 
 
 # ---------------------------------------------------------------- mteval tokenisation
@@ -141,19 +143,18 @@ def test_rouge_l_by_hand():
     assert scores == {"ROUGE_L": pytest.approx((f1 + 1) / 2, abs=1e-12)}
 
 
+@pytest.mark.slow
 @needs_java
 def test_meteor_cider_rouge_identical_and_disjoint():
     # Each segment's n-grams are unique to it, so every idf is log(3) > 0; identical hyp and refs
     # give cosine 1 and no length penalty for each n = 1..4 -> CIDEr-D = 10 * 1. METEOR 1.5 gives
     # 1 to an exact copy (no fragmentation penalty); ROUGE-L F = 1.
-    sents = ["the golden curry serves cheap italian food", "blue spice is a riverside coffee shop",
-             "zizzi pub has a low customer rating"]
-    scores = score_e2e(sents, [[s, s] for s in sents], metrics=("METEOR", "ROUGE_L", "CIDEr"))
+    scores = score_e2e(DISTINCT, [[s, s] for s in DISTINCT], metrics=("METEOR", "ROUGE_L", "CIDEr"))
     assert scores == {"METEOR": pytest.approx(1.0), "ROUGE_L": pytest.approx(1.0), "CIDEr": pytest.approx(10.0)}
-    disjoint = score_e2e(["dog barked"], [["cat sat red mat"]], metrics=("METEOR", "ROUGE_L"))
-    assert disjoint == {"METEOR": 0.0, "ROUGE_L": 0.0}
+    assert score_e2e(["dog barked"], [["cat sat red mat"]], metrics=("ROUGE_L", "CIDEr")) == {"ROUGE_L": 0.0, "CIDEr": 0.0}
 
 
+@pytest.mark.slow
 @needs_java
 def test_meteor_by_hand():
     # METEOR 1.5 (-l en: alpha .85, beta .2, gamma .6, delta .75); content words only, exact matches:
@@ -176,20 +177,38 @@ def devset_as_system():
     return [group[0] for group in refs], [group[1:] for group in refs], refs
 
 
+needs_devset = pytest.mark.skipif(not DEVSET.is_file(), reason=f"E2E devset not found at {DEVSET} (set LORA_RESEARCH_DATA)")
+
+
+@needs_devset
+def test_devset_has_547_mrs_with_at_least_two_references():
+    hyps, refs, groups = devset_as_system()
+    assert len(hyps) == len(refs) == 547
+    # Every MR has >= 2 references (min 2), so no MR is left without references once its first
+    # reference becomes the "system output". (An MR with a single reference could not be scored
+    # this way, the official scorer needs >= 1 reference, and would have to be dropped.)
+    assert min(len(g) for g in groups) == 2
+    assert sum(len(g) for g in groups) == 4672
+
+
+# Official scorer (measure_scores.py -p) on devset.csv, first reference of each MR as the output:
+# BLEU 0.5995, NIST 8.5785, METEOR 0.4498, ROUGE_L 0.6528, CIDEr 1.8543.
+@needs_devset
+def test_devset_bleu_nist_match_official_scorer():
+    hyps, refs, _ = devset_as_system()
+    scores = score_e2e(hyps, refs, metrics=("BLEU", "NIST"))
+    assert scores["BLEU"] == pytest.approx(0.5995, abs=5e-5)
+    assert scores["NIST"] == pytest.approx(8.5785, abs=2e-3)
+    assert to_paper_scale(scores)["BLEU"] == pytest.approx(59.95, abs=5e-3)
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(not DEVSET.is_file(), reason=f"E2E devset not found at {DEVSET} (set LORA_RESEARCH_DATA)")
+@needs_devset
 @needs_java
 def test_devset_matches_official_scorer():
-    hyps, refs, groups = devset_as_system()
-    assert len(hyps) == 547
-    # Every MR has >= 2 references (min 2), so no MR is left without references; an MR with a
-    # single reference could not be scored this way (the official scorer needs >= 1 ref) and
-    # would have to be dropped, but none occurs.
-    assert min(len(g) for g in groups) == 2
+    hyps, refs, _ = devset_as_system()
     scores = score_e2e(hyps, refs)
     assert "errors" not in scores
-    # measure_scores.py -p on the same input: BLEU 0.5995, NIST 8.5785, METEOR 0.4498,
-    # ROUGE_L 0.6528, CIDEr 1.8543
     assert scores["BLEU"] == pytest.approx(0.5995, abs=5e-5)
     assert scores["NIST"] == pytest.approx(8.5785, abs=2e-3)
     assert scores["METEOR"] == pytest.approx(0.4498, abs=5e-5)
@@ -198,9 +217,10 @@ def test_devset_matches_official_scorer():
     paper = to_paper_scale(scores)
     assert paper["BLEU"] == pytest.approx(59.95, abs=5e-3)
     assert paper["METEOR"] == pytest.approx(44.98, abs=5e-3)
+    assert paper["ROUGE_L"] == pytest.approx(65.28, abs=5e-3)
 
 
-@pytest.mark.skipif(not DEVSET.is_file(), reason=f"E2E devset not found at {DEVSET} (set LORA_RESEARCH_DATA)")
+@needs_devset
 def test_devset_bleu_matches_sacrebleu():
     sacrebleu = pytest.importorskip("sacrebleu")
     hyps, refs, _ = devset_as_system()
@@ -240,6 +260,16 @@ def test_missing_java_still_returns_bleu_nist(monkeypatch, tmp_path):
     for message in scores["errors"].values():
         assert "`java` not found" in message and "1.8" in message and "default-jre-headless" in message
     assert not {"METEOR", "ROUGE_L", "CIDEr"} & set(scores)
+
+
+@needs_java
+def test_meteor_failure_is_recorded_and_other_java_metrics_survive(monkeypatch):
+    meteor_module = pytest.importorskip("pycocoevalcap.meteor.meteor")
+    monkeypatch.setattr(meteor_module, "METEOR_JAR", "no-such-meteor.jar")
+    scores = score_e2e(DISTINCT, [[s] for s in DISTINCT], metrics=("METEOR", "ROUGE_L", "CIDEr"))
+    assert scores["ROUGE_L"] == pytest.approx(1.0) and scores["CIDEr"] == pytest.approx(10.0)
+    assert list(scores["errors"]) == ["METEOR"]
+    assert "METEOR 1.5 (Java) failed" in scores["errors"]["METEOR"] and "no-such-meteor.jar" in scores["errors"]["METEOR"]
 
 
 # ---------------------------------------------------------------- file readers
@@ -291,14 +321,29 @@ def test_cli_bleu_nist_paper_scale(tmp_path):
     assert out == {"BLEU": pytest.approx(100 * expected_bleu, abs=1e-9), "NIST": pytest.approx(2.86645, abs=1e-4)}
 
 
+@pytest.mark.slow
 @needs_java
 def test_cli_all_metrics(tmp_path):
-    ref, pred = write_toy_files(tmp_path)
+    # A system output identical to its two references: BLEU 1 (all precisions 1, BP 1), METEOR 1,
+    # ROUGE_L 1, CIDEr 10 (see test_meteor_cider_rouge_identical_and_disjoint); NIST from corpus_nist.
+    ref, pred = tmp_path / "ref.txt", tmp_path / "pred.txt"
+    ref.write_text("".join(f"{s}\n{s}\n\n" for s in DISTINCT), encoding="utf-8")
+    pred.write_text("".join(f"{s}\n" for s in DISTINCT), encoding="utf-8")
     proc = run_cli(ref, pred)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert list(out) == list(E2E_METRICS)
-    assert out == pytest.approx(score_e2e(TOY_HYPS, TOY_REFS), abs=1e-12)
+    nist = corpus_nist(DISTINCT, [[s, s] for s in DISTINCT])
+    assert out == pytest.approx({"BLEU": 1.0, "NIST": nist, "METEOR": 1.0, "ROUGE_L": 1.0, "CIDEr": 10.0}, abs=1e-9)
+
+
+def test_cli_accepts_e2e_csv_references(tmp_path):
+    ref, pred = tmp_path / "refs.csv", tmp_path / "pred.txt"
+    ref.write_bytes(f"mr,ref\r\nM1,{R1}\r\nM2,{R3}\r\nM1,{R2}\r\n".encode())  # M1's refs not adjacent
+    pred.write_text(f"{HYP1}\n{HYP2}\n", encoding="utf-8")
+    proc = run_cli(ref, pred, "--metrics", "NIST")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"NIST": pytest.approx(2.86645, abs=1e-4)}  # test_nist_by_hand
 
 
 def test_cli_errors(tmp_path):

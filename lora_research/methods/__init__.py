@@ -5,9 +5,12 @@ from typing import Any
 
 from lora_research.methods.base import MergeNotSupported, Method, ParamCounts, count_parameters
 from lora_research.methods.finetune import FineTuneTop2, FullFineTuning
+from lora_research.methods.adapters import AdapterDrop, AdapterH, AdapterL, AdapterP
+from lora_research.methods.bitfit import BitFit
 from lora_research.methods.lora import LoRA, LoRAConfig, LoRALinear
+from lora_research.methods.prefix import PrefixEmbedding, PrefixLayer
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (LoRA, FullFineTuning, FineTuneTop2)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (LoRA, FullFineTuning, FineTuneTop2, BitFit, AdapterH, AdapterL, AdapterP, AdapterDrop, PrefixEmbedding, PrefixLayer)}  # noqa: E501
 
 
 def get_method_class(name: str) -> type[Method]:

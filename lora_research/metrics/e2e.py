@@ -21,6 +21,7 @@ the others are missing under the key ``"errors"`` (see :func:`score_e2e`).
 from __future__ import annotations
 
 import shutil
+import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 
 from lora_research.metrics.nist import corpus_bleu, corpus_nist
@@ -62,10 +63,7 @@ def score_e2e(
         scores["NIST"] = corpus_nist(predictions, references)
     coco = [m for m in COCO_METRICS if m in metrics]
     if coco:
-        try:
-            scores.update(_coco_scores(predictions, references, coco))
-        except _EnvironmentProblem as problem:
-            errors.update({m: str(problem) for m in coco})
+        _coco_scores(predictions, references, coco, scores, errors)
     ordered = {m: scores[m] for m in E2E_METRICS if m in scores}
     if errors:
         ordered[ERRORS_KEY] = errors
@@ -119,18 +117,40 @@ def _check_inputs(predictions, references) -> tuple[list[str], list[list[str]]]:
     return [_one_line(p) for p in predictions], [[_one_line(r) for r in g] for g in references]
 
 
-def _coco_scores(predictions: list[str], references: list[list[str]], metrics: list[str]) -> dict[str, float]:
-    """METEOR / ROUGE_L / CIDEr exactly as the official scorer's COCOEvalCap step."""
+def _coco_scores(predictions: list[str], references: list[list[str]], metrics: list[str],
+                 scores: dict[str, float], errors: dict[str, str]) -> None:
+    """METEOR / ROUGE_L / CIDEr exactly as the official scorer's COCOEvalCap step, into ``scores``.
+
+    Environment problems go into ``errors`` ({metric: message}): all three metrics if ``java`` or
+    pycocoevalcap is missing or the PTB tokenizer fails, only METEOR if just METEOR fails.
+    """
+    try:
+        gts, res = _ptb_tokenize(predictions, references)
+    except _EnvironmentProblem as problem:
+        errors.update({m: str(problem) for m in metrics})
+        return
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    if "METEOR" in metrics:
+        try:
+            scores["METEOR"] = _meteor(gts, res)
+        except _EnvironmentProblem as problem:
+            errors["METEOR"] = str(problem)
+    if "ROUGE_L" in metrics:
+        scores["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
+    if "CIDEr" in metrics:
+        scores["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+
+
+def _ptb_tokenize(predictions: list[str], references: list[list[str]]) -> tuple[dict, dict]:
+    """Stanford PTBTokenizer (-preserveLines -lowerCase, punctuation tokens dropped), as COCOEvalCap."""
     if shutil.which("java") is None:
         raise _EnvironmentProblem(JAVA_MISSING)
     try:
-        from pycocoevalcap.cider.cider import Cider
-        from pycocoevalcap.meteor.meteor import Meteor
-        from pycocoevalcap.rouge.rouge import Rouge
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
     except ImportError as exc:
         raise _EnvironmentProblem(f"pycocoevalcap is not installed ({exc}); `pip install pycocoevalcap`") from exc
-
     try:
         tokenizer = PTBTokenizer()
         gts = tokenizer.tokenize({i: [{"caption": r} for r in refs] for i, refs in enumerate(references)})
@@ -139,20 +159,15 @@ def _coco_scores(predictions: list[str], references: list[list[str]], metrics: l
         raise _EnvironmentProblem(f"Stanford PTBTokenizer (Java) failed: {type(exc).__name__}: {exc}") from exc
     if len(res) != len(predictions) or len(gts) != len(references):
         raise _EnvironmentProblem("Stanford PTBTokenizer (Java) returned a wrong number of lines")
-
-    scores: dict[str, float] = {}
-    if "METEOR" in metrics:
-        scores["METEOR"] = _meteor(Meteor, gts, res)
-    if "ROUGE_L" in metrics:
-        scores["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
-    if "CIDEr" in metrics:
-        scores["CIDEr"] = float(Cider().compute_score(gts, res)[0])
-    return scores
+    return gts, res
 
 
-def _meteor(meteor_cls, gts: dict, res: dict) -> float:
+def _meteor(gts: dict, res: dict) -> float:
+    """Corpus METEOR 1.5 (``-l en -norm``) through pycocoevalcap's wrapper of meteor-1.5.jar."""
+    from pycocoevalcap.meteor.meteor import Meteor
+
     try:
-        meteor = meteor_cls()
+        meteor = Meteor()
     except OSError as exc:
         raise _EnvironmentProblem(f"could not start METEOR 1.5 (Java): {exc}") from exc
     try:
@@ -160,8 +175,11 @@ def _meteor(meteor_cls, gts: dict, res: dict) -> float:
     except (ValueError, OSError) as exc:  # the jar died / printed no score (e.g. Java too old, no memory)
         if meteor.lock.locked():  # compute_score failed while holding it; Meteor.__del__ would deadlock
             meteor.lock.release()
-        dead = meteor.meteor_p.poll() is not None
-        stderr = meteor.meteor_p.stderr.read(2000).decode(errors="replace") if dead else ""
+        try:  # its stdout ended: the process is exiting; collect its reason
+            meteor.meteor_p.wait(timeout=10)
+            stderr = meteor.meteor_p.stderr.read(2000).decode(errors="replace")
+        except subprocess.TimeoutExpired:
+            stderr = ""
         raise _EnvironmentProblem(f"METEOR 1.5 (Java) failed: {exc} {stderr}".strip()) from exc
     finally:
         del meteor  # Meteor.__del__ stops the Java process

@@ -131,7 +131,10 @@ def corpus_bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]], 
     with p_n's numerator floored at 1e-15 and denominator at 1e-9 (no other smoothing);
     BP = exp(1 - r/c) if c <= r else 1, c = total hypothesis tokens, r = sum over segments of
     the length of the reference closest in length to the hypothesis (ties: the shorter one).
-    Same tokenisation and lowercasing as NIST.
+    Same tokenisation and lowercasing as NIST. Quirk kept from pymteval: the n-gram "length"
+    ``|hyp| - n + 1`` is summed even when negative, so a corpus of only very short outputs (summed
+    3-/4-gram length <= 0) gets a meaningless value, possibly > 1, exactly as the official
+    ``-p`` scorer prints it. Real system outputs (E2E sentences) are far from this regime.
     """
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference groups")

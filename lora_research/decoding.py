@@ -1,0 +1,258 @@
+"""Batched generation for data-to-text tasks (E2E): beam search or greedy, KV cache, left padding.
+
+:func:`generate` wraps ``model.generate`` (Hugging Face, KV cache on) and reproduces the decoding
+of microsoft/LoRA's ``examples/NLG/src/gpt2_beam.py`` + ``gpt2_decode.py`` as closely as HF allows:
+
+* **Prompts are left-padded** so that every row of a batch ends at the same position and the first
+  new token of every row is predicted from its own last context token (decoder-only models).
+* **Stopping**: a hypothesis ends at the tokenizer's EOS or at a blank line ``"\\n\\n"`` (the repo
+  passes ``--eos_token_id 628``, GPT-2's ``"\\n\\n"`` token). Every vocabulary entry whose text
+  contains ``"\\n\\n"`` is an extra EOS id (:func:`stop_token_ids`; GPT-2: 628 and the longer
+  newline runs, SmolLM2: 1116, ...), and :class:`StopOnText` also ends a hypothesis when ``"\\n\\n"``
+  is spelt by several tokens (SmolLM2 may emit ``"\\n"``, ``"\\n"`` = 198, 198). Both work per beam
+  in beam search (HF marks a beam finished when a stopping criterion hits it).
+* **Post-processing** (``gpt2_decode.py``): the output is cut at the first EOS/stop token and at
+  the first ``"\\n\\n"``, stripped; any remaining single line break becomes a space so that each
+  prediction fits on one line of ``predictions.txt`` (the scorer would do the same).
+* **no_repeat_ngram_size** is applied to the *generated tokens only*
+  (:class:`GeneratedNoRepeatNGram`), as in ``gpt2_beam.py`` (its n-gram history holds generated
+  tokens only). HF's built-in ``no_repeat_ngram_size`` also bans n-grams of the prompt, which on
+  E2E would forbid copying ``" 5 out of 5"`` from ``customer rating : 5 out of 5``; we therefore
+  pass ``no_repeat_ngram_size=0`` to HF and use our processor.
+
+Length penalty, HF vs the repo
+------------------------------
+``gpt2_beam.py`` scores a finished hypothesis as ``sum(log p) / len**length_penalty`` with
+``len = history.shape[-1]`` = number of *generated* tokens including the final EOS token.
+HF (transformers 5.x, ``_update_finished_beams``) divides by
+``(cur_len + 1 - decoder_prompt_len) ** length_penalty``: also the number of generated tokens
+including the EOS, the prompt excluded. So the definitions agree (older HF ``BeamHypotheses``
+divided by the total length incl. the prompt; not the case here). Remaining differences:
+(1) the repo decodes all ``eval_len`` steps and keeps the best finished hypothesis; HF stops a
+batch row early when no running beam can beat the worst of its ``num_beams`` finished ones
+(``early_stopping=False``, the HF heuristic); set ``early_stopping="never"`` for the exhaustive
+variant; (2) hypotheses still running at ``max_new_tokens`` are scored with the same formula in
+both. Greedy decoding is ``num_beams=1`` (no length penalty).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import torch
+
+STOP_TEXT = "\n\n"
+STRATEGIES = ("beam", "greedy")
+
+
+@dataclass
+class DecodeConfig:
+    """Decoding settings (paper Table 11: beam 10, length penalty 0.9, no_repeat_ngram 4)."""
+
+    strategy: str = "beam"  # beam | greedy (greedy = num_beams 1)
+    num_beams: int = 10  # beam size (Table 11: 10)
+    length_penalty: float = 0.9  # score = sum log p / len**lp; paper 0.9, repo README 0.8
+    no_repeat_ngram_size: int = 4  # no n-gram of generated tokens repeats (0 = off)
+    max_new_tokens: int = 64  # repo --eval_len 64
+    batch_size: int = 8  # MRs decoded together (left padding)
+    max_mrs: Optional[int] = None  # decode only the first N MRs of the eval split (CPU budgets)
+    early_stopping: str = "false"  # HF beam early stopping: false (heuristic) | true | never (exhaustive, like the repo)
+
+
+def check_decode_config(cfg: DecodeConfig) -> None:
+    """Fail early on impossible decoding settings, naming the key and the valid values."""
+    if cfg.strategy not in STRATEGIES:
+        raise ValueError(f"decode.strategy={cfg.strategy!r} is not valid; valid choices: {list(STRATEGIES)}")
+    if cfg.strategy == "beam" and cfg.num_beams < 1:
+        raise ValueError(f"decode.num_beams must be >= 1 (got {cfg.num_beams})")
+    for key in ("max_new_tokens", "batch_size"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"decode.{key} must be >= 1 (got {getattr(cfg, key)})")
+    if cfg.no_repeat_ngram_size < 0:
+        raise ValueError(f"decode.no_repeat_ngram_size must be >= 0 (got {cfg.no_repeat_ngram_size})")
+    if cfg.max_mrs is not None and cfg.max_mrs < 1:
+        raise ValueError(f"decode.max_mrs must be >= 1 or null (got {cfg.max_mrs})")
+    if str(cfg.early_stopping).lower() not in ("false", "true", "never"):
+        raise ValueError(f"decode.early_stopping={cfg.early_stopping!r}; valid choices: false, true, never")
+
+
+def settings_dict(cfg: DecodeConfig) -> dict:
+    """The decoding settings as recorded in summaries (greedy drops beam-only keys)."""
+    out = {
+        "strategy": cfg.strategy,
+        "num_beams": cfg.num_beams if cfg.strategy == "beam" else 1,
+        "no_repeat_ngram_size": cfg.no_repeat_ngram_size,
+        "no_repeat_ngram_scope": "generated tokens",
+        "max_new_tokens": cfg.max_new_tokens,
+        "batch_size": cfg.batch_size,
+        "stop": ["eos", STOP_TEXT],
+    }
+    if cfg.strategy == "beam":
+        out["length_penalty"] = cfg.length_penalty
+        out["early_stopping"] = str(cfg.early_stopping).lower()
+    return out
+
+
+_STOP_ID_CACHE: dict = {}
+
+
+def stop_token_ids(tokenizer, text: str = STOP_TEXT) -> list[int]:
+    """EOS plus every vocabulary id whose decoded text contains ``text`` (GPT-2: 628 ``"\\n\\n"``...)."""
+    key = (id(tokenizer), len(tokenizer), text)
+    if key not in _STOP_ID_CACHE:
+        n = len(tokenizer)
+        pieces = tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=False)
+        ids = [i for i, p in enumerate(pieces) if text in p]
+        eos = tokenizer.eos_token_id
+        _STOP_ID_CACHE[key] = ([eos] if eos is not None else []) + [i for i in ids if i != eos]
+    return list(_STOP_ID_CACHE[key])
+
+
+class StopOnText:
+    """Stopping criterion: a row is done once its generated text contains ``text``.
+
+    Checks the decoded tail (last ``window`` generated tokens) of each row, so ``"\\n\\n"`` spelt
+    as two ``"\\n"`` tokens is caught. Returns one bool per row (HF applies it per beam).
+    """
+
+    def __init__(self, tokenizer, prompt_len: int, text: str = STOP_TEXT, window: int = 4):
+        self.tokenizer = tokenizer
+        self.prompt_len = prompt_len
+        self.text = text
+        self.window = window
+
+    def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
+        gen = input_ids[:, self.prompt_len:]
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if gen.shape[1] == 0:
+            return done
+        tails = self.tokenizer.batch_decode(gen[:, -self.window:].tolist(), skip_special_tokens=False)
+        for i, t in enumerate(tails):
+            done[i] = self.text in t
+        return done
+
+
+class GeneratedNoRepeatNGram:
+    """Logits processor: ban tokens that would repeat an n-gram of the *generated* tokens.
+
+    Same rule as fairseq / ``gpt2_beam.py`` (``_calc_banned_ngram_tokens``): the n-gram history
+    is the generated part of the row only (positions ``>= prompt_len``), unlike HF's
+    ``NoRepeatNGramLogitsProcessor`` which also counts prompt n-grams.
+    """
+
+    def __init__(self, ngram_size: int, prompt_len: int):
+        self.n = int(ngram_size)
+        self.prompt_len = prompt_len
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        n = self.n
+        gen = input_ids[:, self.prompt_len:]
+        length = gen.shape[1]
+        if n <= 0 or length + 1 < n:
+            return scores
+        rows = gen.tolist()
+        for b, toks in enumerate(rows):
+            prefix = tuple(toks[length - n + 1:]) if n > 1 else ()
+            banned = [toks[i + n - 1] for i in range(length - n + 1) if tuple(toks[i:i + n - 1]) == prefix]
+            if banned:
+                scores[b, banned] = -float("inf")
+        return scores
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token-id lists into ``(input_ids, attention_mask)``."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if len(p):
+            ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+            mask[i, width - len(p):] = 1
+    return ids, mask
+
+
+def postprocess(tokenizer, generated: Sequence[int], stop_ids: Sequence[int]) -> tuple[str, int]:
+    """Cut at the first stop id and at the first ``"\\n\\n"``; strip; one line. Returns (text, n_tokens)."""
+    toks = list(generated)
+    stops = set(stop_ids)
+    for i, t in enumerate(toks):
+        if t in stops:
+            toks = toks[: i + 1]  # keep a "\n\n"-containing token: text before the blank line counts
+            break
+    text = tokenizer.decode(toks, skip_special_tokens=True)
+    text = text.split(STOP_TEXT, 1)[0]
+    text = " ".join(text.replace("\r", "\n").split("\n")).strip()
+    return text, len(toks)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[Sequence[int]],
+    cfg: DecodeConfig,
+    device: Union[str, torch.device, None] = None,
+    progress=None,
+) -> tuple[list[str], dict]:
+    """Decode one completion per prompt (token-id lists). Returns ``(texts, stats)``.
+
+    ``stats``: ``generated_tokens`` (up to and including the stop token), ``seconds``,
+    ``tokens_per_s``, ``num_prompts``. The model is put in eval mode for the call and restored.
+    """
+    from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+    check_decode_config(cfg)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stop_ids = stop_token_ids(tokenizer)
+    beam = cfg.strategy == "beam" and cfg.num_beams > 1
+    early = {"false": False, "true": True, "never": "never"}[str(cfg.early_stopping).lower()]
+    texts: list[str] = []
+    n_tokens = 0
+    start = time.perf_counter()
+    try:
+        for b in range(0, len(prompts), cfg.batch_size):
+            batch = prompts[b: b + cfg.batch_size]
+            ids, mask = left_pad(batch, pad_id)
+            ids, mask = ids.to(device), mask.to(device)
+            prompt_len = ids.shape[1]
+            gen_cfg = GenerationConfig(
+                max_new_tokens=cfg.max_new_tokens,
+                do_sample=False,
+                num_beams=cfg.num_beams if beam else 1,
+                length_penalty=cfg.length_penalty if beam else 1.0,
+                early_stopping=early if beam else False,
+                no_repeat_ngram_size=0,
+                eos_token_id=stop_ids,
+                pad_token_id=pad_id,
+                use_cache=True,
+            )
+            processors = LogitsProcessorList()
+            if cfg.no_repeat_ngram_size > 0:
+                processors.append(GeneratedNoRepeatNGram(cfg.no_repeat_ngram_size, prompt_len))
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                generation_config=gen_cfg,
+                logits_processor=processors,
+                stopping_criteria=StoppingCriteriaList([StopOnText(tokenizer, prompt_len)]),
+            )
+            for row in out[:, prompt_len:].tolist():
+                text, n = postprocess(tokenizer, row, stop_ids)
+                texts.append(text)
+                n_tokens += n
+            if progress is not None:
+                progress(len(texts), len(prompts))
+    finally:
+        model.train(was_training)
+    seconds = time.perf_counter() - start
+    stats = {
+        "generated_tokens": n_tokens,
+        "seconds": round(seconds, 3),
+        "tokens_per_s": round(n_tokens / seconds, 2) if seconds > 0 else None,
+        "num_prompts": len(prompts),
+    }
+    return texts, stats

@@ -1,0 +1,128 @@
+"""Decode and score a finished E2E run: ``python -m lora_research.evaluate_e2e run_dir=PATH [key=value ...]``.
+
+Arguments (``key=value``, Hydra-like; unknown keys fail naming the valid ones):
+
+* ``run_dir=PATH`` (required): a run folder written by ``lora_research.train`` with ``task=e2e``.
+* ``split=dev|test``: the split to decode (default: the run's ``task.eval_split``).
+* ``max_mrs=N``: decode only the first N MRs (default: the run's ``task.decode.max_mrs``; ``null`` = all).
+* ``decode.<key>=VALUE``: override a decoding setting of :class:`lora_research.decoding.DecodeConfig`
+  (``decode.strategy=greedy``, ``decode.num_beams=4``, ``decode.length_penalty=0.8`` ...).
+* ``weights=best|init``: ``best`` (default) = the run's ``adapter.safetensors``; ``init`` = the
+  method freshly applied to the pretrained model (LoRA's B = 0, i.e. the *unadapted* model): the
+  zero-shot baseline with the same prompt format.
+* ``tag=NAME``: file prefix and summary key. Without a tag (and ``weights=best``) the files are
+  ``predictions.txt``, ``references.txt``, ``predictions.jsonl`` and ``summary.json``'s
+  ``final_evaluation`` is replaced; with a tag they are ``NAME.predictions.txt`` ... and the
+  result goes to ``summary.json["evaluations"][NAME]``. ``weights=init`` defaults to ``tag=zero_shot``.
+* ``device=cpu|cuda|auto`` (default cpu), ``threads=N`` (torch CPU threads, 0 = default).
+
+Prints the result as JSON (scores on the paper's scale: BLEU, METEOR, ROUGE_L ×100).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any, Optional
+
+from lora_research import outputs
+
+KEYS = ("run_dir", "split", "max_mrs", "weights", "tag", "device", "threads")
+
+
+def _value(text: str) -> Any:
+    if text.lower() in ("null", "none"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_args(argv: list[str]) -> tuple[dict, dict]:
+    """``key=value`` tokens → (options, decode overrides)."""
+    from lora_research.decoding import DecodeConfig
+
+    opts: dict[str, Any] = {"weights": "best", "device": "cpu", "threads": 0}
+    decode: dict[str, Any] = {}
+    valid_decode = [f.name for f in fields(DecodeConfig)]
+    for tok in argv:
+        key, sep, val = tok.partition("=")
+        if not sep:
+            raise ValueError(f"argument {tok!r} is not key=value; valid keys: {list(KEYS)} and decode.<{'|'.join(valid_decode)}>")
+        if key.startswith("decode."):
+            k = key[len("decode."):]
+            if k not in valid_decode:
+                raise ValueError(f"unknown decoding setting {k!r}; valid: {valid_decode}")
+            decode[k] = _value(val) if k != "early_stopping" else val.lower()
+        elif key in KEYS:
+            opts[key] = val if key in ("run_dir", "tag", "weights", "device", "split") else _value(val)
+        else:
+            raise ValueError(f"unknown argument {key!r}; valid keys: {list(KEYS)} and decode.<{'|'.join(valid_decode)}>")
+    if "run_dir" not in opts:
+        raise ValueError("run_dir=PATH is required")
+    if opts["weights"] not in ("best", "init"):
+        raise ValueError(f"weights={opts['weights']!r}; valid choices: best, init")
+    return opts, decode
+
+
+def evaluate(run_dir, *, split: Optional[str] = None, max_mrs: Any = "default", decode: Optional[dict] = None,
+             weights: str = "best", tag: Optional[str] = None, device: str = "cpu", threads: int = 0) -> dict:
+    """Rebuild the run's model, decode, score, write the files and update ``summary.json``."""
+    import torch
+
+    from lora_research.training import restore_run
+
+    if threads and threads > 0:
+        torch.set_num_threads(int(threads))
+    run_dir = Path(run_dir)
+    run, model, tokenizer, method, task = restore_run(run_dir, device=device, weights=weights)
+    if task.kind != "e2e":
+        raise ValueError(f"{run_dir} is a {task.kind!r} run, not an E2E run")
+    if weights == "init" and tag is None:
+        tag = "zero_shot"
+    dec = replace(task.cfg.decode, **(decode or {}))
+    limit = dec.max_mrs if max_mrs == "default" else max_mrs
+    dec = replace(dec, max_mrs=limit)
+    if getattr(method, "can_merge", False):
+        method.merge(model)  # W0 + BA written into the weights: decoding costs what the base model costs
+    prefix = f"{tag}." if tag else ""
+    dev = next(model.parameters()).device
+    result = task.decode_and_score(model, tokenizer, run_dir, dev, split=split, decode=dec, max_mrs=limit, prefix=prefix)
+    result["weights"] = weights
+    result["command"] = "python -m lora_research.evaluate_e2e " + " ".join(sys.argv[1:])
+    summary_path = run_dir / outputs.SUMMARY_FILE
+    summary = outputs.load_summary(run_dir) if summary_path.exists() else {}
+    if tag:
+        summary.setdefault("evaluations", {})[tag] = result
+    else:
+        summary["final_evaluation"] = result
+    outputs.atomic_write_json(summary_path, summary)
+    return result
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
+    try:
+        opts, decode = parse_args(argv)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    result = evaluate(
+        opts["run_dir"], split=opts.get("split"), max_mrs=opts.get("max_mrs", "default"), decode=decode,
+        weights=opts["weights"], tag=opts.get("tag"), device=opts["device"], threads=opts["threads"],
+    )
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""E2E NLG as the trainer sees it: causal-LM fine-tuning, then decoding and the official metrics.
+
+Per-epoch evaluation is the dev loss on completion tokens (``main_metric="loss"``, lower is
+better; the best epoch's weights are restored before decoding). :meth:`E2ETask.final_evaluate`
+decodes every unique MR of the eval split (or ``decode.max_mrs`` of them), writes
+``predictions.txt`` (one line per MR), ``references.txt`` (the MR's references on consecutive
+lines, a blank line between MRs: the official scorer's format) and ``predictions.jsonl``
+(MR, prediction, references) into the run folder, and scores them with
+:func:`lora_research.metrics.e2e.score_e2e` (BLEU, NIST, METEOR, ROUGE_L, CIDEr).
+Scores are reported on the paper's Table 3 scale (BLEU, METEOR, ROUGE_L ×100).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from lora_research.config import register_task_schema
+from lora_research.decoding import DecodeConfig, check_decode_config, generate, settings_dict
+from lora_research.tasks.base import Task, TaskData
+from lora_research.tasks.e2e import (
+    MR_STYLES,
+    SOURCES,
+    E2ECollator,
+    encode_context,
+    group_by_mr,
+    load_pairs,
+    prepare_e2e_features,
+    subsample_mrs,
+)
+
+log = logging.getLogger(__name__)
+EVAL_SPLITS = ("dev", "test")
+PAPER_SCALE_NOTE = "paper (BLEU, METEOR, ROUGE_L x100; NIST, CIDEr raw)"
+
+
+@dataclass
+class E2ETaskConfig:
+    """E2E NLG (``task=e2e``): GPT-2 / decoder LM, completion-only loss, beam-search decoding."""
+
+    name: str = "e2e"
+    kind: str = "e2e"
+    data_dir: Optional[str] = None  # folder with trainset.csv/devset.csv/testset_w_refs.csv (+ lora_format/); env E2E_DIR
+    source: str = "csv"  # csv (official CSVs) | lora_txt (microsoft/LoRA MR||text files) | hub (tuetschek/e2e_nlg)
+    mr_style: str = "raw"  # raw: CSV values as is | lora: values tokenised as in LoRA's txt files (£ 20 - 25)
+    max_length: int = 512  # max tokens of context + completion (repo --seq_len 512); longer pairs are cut on the right
+    max_train_samples: Optional[int] = None  # seeded random subset of training pairs (CPU runs)
+    max_eval_samples: Optional[int] = None  # seeded random subset of eval-split MRs (whole MRs, all their references)
+    subset_seed: int = 0  # seed of both subsets; fixed, so runs with different training seeds see the same data
+    eval_split: str = "dev"  # dev (devset.csv, 547 MRs) | test (testset_w_refs.csv, 630 MRs): per-epoch loss + decoding
+    cache_dir: Optional[str] = None  # tokenised-feature cache (default ~/.cache/lora_research/features)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)  # decoding for final_evaluate (see decoding.py)
+
+
+register_task_schema("e2e", E2ETaskConfig)
+
+
+def _check(cfg: E2ETaskConfig) -> None:
+    if cfg.source not in SOURCES:
+        raise ValueError(f"task.source={cfg.source!r} is not valid; valid choices: {list(SOURCES)}")
+    if cfg.mr_style not in MR_STYLES:
+        raise ValueError(f"task.mr_style={cfg.mr_style!r} is not valid; valid choices: {list(MR_STYLES)}")
+    if cfg.eval_split not in EVAL_SPLITS:
+        raise ValueError(f"task.eval_split={cfg.eval_split!r} is not valid; valid choices: {list(EVAL_SPLITS)}")
+    check_decode_config(cfg.decode)
+
+
+def _as_cfg(cfg: Any) -> E2ETaskConfig:
+    if isinstance(cfg, E2ETaskConfig):
+        return cfg
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(E2ETaskConfig), data))
+
+
+def format_references(references: list[list[str]]) -> str:
+    """Official reference file: one MR's references on consecutive lines, a blank line between MRs."""
+    return "\n\n".join("\n".join(" ".join(r.split()) for r in refs) for refs in references) + "\n"
+
+
+def format_predictions(predictions: list[str]) -> str:
+    """One prediction per line (line breaks inside a prediction become spaces)."""
+    return "".join(" ".join(p.split()) + "\n" for p in predictions)
+
+
+class E2ETask(Task):
+    """E2E NLG: causal LM fine-tuning (completion-only loss), decoding, official metrics."""
+
+    kind = "e2e"
+    name = "e2e"
+    num_labels = None
+    problem_type = None
+    main_metric = "loss"
+    greater_is_better = False
+
+    def __init__(self, cfg, data_root=None):
+        cfg = _as_cfg(cfg)
+        _check(cfg)
+        super().__init__(cfg, data_root)
+        self.name = cfg.name
+
+    def prepare(self, tokenizer, *, seed: int) -> TaskData:
+        # Subsets use task.subset_seed, not the training seed.
+        c = self.cfg
+        feats, hit = prepare_e2e_features(
+            tokenizer,
+            splits=("train", c.eval_split),
+            max_length=c.max_length,
+            source=c.source,
+            data_dir=c.data_dir,
+            mr_style=c.mr_style,
+            max_train_samples=c.max_train_samples,
+            max_eval_mrs=c.max_eval_samples,
+            seed=c.subset_seed,
+            cache_dir=c.cache_dir,
+        )
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return TaskData(train=feats["train"], evals={c.eval_split: feats[c.eval_split]},
+                        collator=E2ECollator(pad), cache_hit=hit)
+
+    def eval_mrs(self, split: Optional[str] = None, max_mrs: Optional[int] = None) -> tuple[list[str], list[list[str]]]:
+        """The unique MRs of ``split`` (after the ``max_eval_samples`` MR subset) and their refs,
+        cut to the first ``max_mrs`` (default ``decode.max_mrs``)."""
+        c = self.cfg
+        split = split or c.eval_split
+        pairs = load_pairs(split, source=c.source, data_dir=c.data_dir, mr_style=c.mr_style)
+        pairs = subsample_mrs(pairs, c.max_eval_samples, c.subset_seed)
+        contexts, refs = group_by_mr(pairs)
+        limit = max_mrs if max_mrs is not None else c.decode.max_mrs
+        if limit is not None:
+            contexts, refs = contexts[:limit], refs[:limit]
+        return contexts, refs
+
+    def decode_and_score(
+        self,
+        model,
+        tokenizer,
+        run_dir: Optional[Path],
+        device,
+        *,
+        split: Optional[str] = None,
+        decode: Optional[DecodeConfig] = None,
+        max_mrs: Optional[int] = None,
+        prefix: str = "",
+    ) -> dict[str, Any]:
+        """Decode the split's MRs, write ``<prefix>predictions.txt`` etc. into ``run_dir``, score."""
+        from lora_research.metrics.e2e import score_e2e, to_paper_scale
+        from lora_research.outputs import atomic_write_text
+
+        decode = decode or self.cfg.decode
+        check_decode_config(decode)
+        split = split or self.cfg.eval_split
+        contexts, refs = self.eval_mrs(split, max_mrs if max_mrs is not None else decode.max_mrs)
+        prompts = [encode_context(tokenizer, c) for c in contexts]
+        log.info("decoding %d %s MRs (%s)", len(prompts), split, settings_dict(decode))
+        preds, stats = generate(
+            model, tokenizer, prompts, decode, device,
+            progress=lambda done, total: log.info("decoded %d/%d", done, total),
+        )
+        if run_dir is not None:
+            run_dir = Path(run_dir)
+            atomic_write_text(run_dir / f"{prefix}predictions.txt", format_predictions(preds))
+            atomic_write_text(run_dir / f"{prefix}references.txt", format_references(refs))
+            atomic_write_text(
+                run_dir / f"{prefix}predictions.jsonl",
+                "".join(json.dumps({"id": i, "mr": c, "prediction": p, "references": r}, ensure_ascii=False) + "\n"
+                        for i, (c, p, r) in enumerate(zip(contexts, preds, refs))),
+            )
+        official = score_e2e(preds, refs)
+        paper = to_paper_scale(official)
+        result: dict[str, Any] = {m: round(float(paper[m]), 4) for m in ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr") if m in paper}
+        result["scale"] = PAPER_SCALE_NOTE
+        result["official_scale"] = {k: v for k, v in official.items() if k != "errors"}
+        if "errors" in official:
+            result["errors"] = official["errors"]
+        result.update(
+            split=split,
+            num_mrs=len(contexts),
+            num_references=sum(len(r) for r in refs),
+            decoding=dict(settings_dict(decode), max_mrs=decode.max_mrs if max_mrs is None else max_mrs),
+            decode_tokens_per_s=stats["tokens_per_s"],
+            decode_seconds=stats["seconds"],
+            generated_tokens=stats["generated_tokens"],
+            files={"predictions": f"{prefix}predictions.txt", "references": f"{prefix}references.txt",
+                   "jsonl": f"{prefix}predictions.jsonl"} if run_dir is not None else None,
+        )
+        return result
+
+    def final_evaluate(self, model, tokenizer, run_dir: Path, device) -> dict[str, Any]:
+        return self.decode_and_score(model, tokenizer, run_dir, device)
+
+
+__all__ = ["E2ETask", "E2ETaskConfig", "format_predictions", "format_references"]

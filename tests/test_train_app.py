@@ -1,0 +1,171 @@
+"""The Hydra app end to end on a tiny random RoBERTa and real RTE data: run folder, resume,
+determinism, failures that lose nothing."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from conftest import REPO, compose
+from lora_research import outputs
+from lora_research.config import validate
+from lora_research.train import run
+
+BASE = [
+    "model=tiny_roberta",
+    "task=rte",
+    "logger=none",
+    "task.max_train_samples=96",
+    "task.max_eval_samples=48",
+    "task.max_length=48",
+    "trainer.device=cpu",
+    "trainer.batch_size=16",
+    "trainer.epochs=3",
+    "trainer.lr=5e-3",
+    "trainer.logging_steps=2",
+    "trainer.threads=1",
+]
+
+
+@pytest.fixture
+def glue_env(glue_dir, monkeypatch):
+    monkeypatch.setenv("GLUE_DIR", str(glue_dir))
+
+
+def test_run_folder_contents(glue_env, tmp_path):
+    summary = run(compose(BASE + ["method.r=4", "seed=3"]), tmp_path)
+    for f in ("config.yaml", "metrics.jsonl", "summary.json", "adapter.safetensors"):
+        assert (tmp_path / f).is_file(), f
+    assert not (tmp_path / "checkpoints").exists(), "checkpoints are removed after a successful run"
+    records = outputs.read_metrics(tmp_path)
+    assert [r["epoch"] for r in records] == [1.0, 2.0, 3.0]
+    best = max(records, key=lambda r: r["accuracy"])
+    assert summary["metrics"]["accuracy"] == best["accuracy"]
+    assert summary["best_epoch"] == best["epoch"]
+    # tiny RoBERTa: d=32, 2 layers, q,v, r=4 → 2·4·32·4 = 1024; head dense 32·32+32 + out 32·2+2
+    assert summary["trainable_params_without_head"] == 2 * 4 * 32 * 4
+    assert summary["head_params"] == 32 * 32 + 32 + 32 * 2 + 2
+    assert summary["trainable_params"] == 1024 + summary["head_params"]
+    assert summary["total_params"] > 1_000_000
+    for key in ("task", "model", "method", "seed", "train_runtime_s", "peak_rss_mb"):
+        assert key in summary
+    assert (summary["task"], summary["model"], summary["method"], summary["seed"]) == ("rte", "tiny_roberta", "lora", 3)
+    assert summary["num_train_examples"] == 96 and summary["num_eval_examples"] == {"validation": 48}
+
+    tensors, meta = outputs.load_adapter_file(tmp_path)
+    assert meta["format"] == outputs.ADAPTER_FORMAT and meta["method"] == "lora"
+    assert meta["r"] == 4 and meta["alpha"] == 16.0 and meta["scaling"] == 4.0
+    assert meta["best_epoch"] == best["epoch"]
+    index = meta["index"]
+    assert sorted((e["layer"], e["matrix"]) for e in index) == [(0, "q"), (0, "v"), (1, "q"), (1, "v")]
+    for e in index:
+        assert tensors[e["A"]].shape == (4, 32) and tensors[e["B"]].shape == (32, 4)
+        assert tensors[e["B"]].abs().sum() > 0, "B trained away from its zero init"
+    assert "classifier.out_proj.weight" in tensors
+
+    cfg_back = (tmp_path / "config.yaml").read_text()
+    assert "tiny_roberta" in cfg_back and "${" not in cfg_back, "config.yaml is resolved"
+
+
+def test_same_seed_same_metrics(glue_env, tmp_path):
+    a = run(compose(BASE + ["trainer.epochs=2"]), tmp_path / "a")
+    b = run(compose(BASE + ["trainer.epochs=2"]), tmp_path / "b")
+    assert outputs.read_metrics(tmp_path / "a") == [
+        {**r, "runtime": x["runtime"], "samples_per_second": x["samples_per_second"], "steps_per_second": x["steps_per_second"]}
+        for r, x in zip(outputs.read_metrics(tmp_path / "b"), outputs.read_metrics(tmp_path / "a"))
+    ]
+    assert a["metrics"]["accuracy"] == b["metrics"]["accuracy"]
+    assert a["train_loss"] == b["train_loss"]
+
+
+class _KillAfterFirstSave(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        raise KeyboardInterrupt("simulated kill after the first checkpoint")
+
+
+def test_killed_run_resumes_to_same_final_metrics(glue_env, tmp_path, monkeypatch):
+    straight = run(compose(BASE + ["trainer.epochs=3"]), tmp_path / "straight")
+
+    from lora_research import training
+
+    real_fit = training.fit
+    monkeypatch.setattr(
+        training, "fit", lambda *a, **k: real_fit(*a, **k, extra_callbacks=[_KillAfterFirstSave()])
+    )
+    killed_dir = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        run(compose(BASE + ["trainer.epochs=3"]), killed_dir)
+    assert (killed_dir / "error.json").is_file()
+    assert not (killed_dir / "summary.json").exists()
+    assert len(outputs.read_metrics(killed_dir)) == 1, "the epoch-1 evaluation survived the kill"
+    assert list((killed_dir / "checkpoints").glob("checkpoint-*"))
+    monkeypatch.setattr(training, "fit", real_fit)
+
+    resumed = run(compose(BASE + ["trainer.epochs=3"]), killed_dir)
+    assert resumed["resumed_from"] and resumed["resumed_from"].endswith("checkpoint-6")
+    strip = lambda rs: [(r["epoch"], r["step"], r["accuracy"], round(r["loss"], 6)) for r in rs]  # noqa: E731
+    assert strip(outputs.read_metrics(killed_dir)) == strip(outputs.read_metrics(tmp_path / "straight"))
+    assert resumed["metrics"]["accuracy"] == straight["metrics"]["accuracy"]
+    t_straight, _ = outputs.load_adapter_file(tmp_path / "straight")
+    t_resumed, _ = outputs.load_adapter_file(killed_dir)
+    for k in t_straight:
+        torch.testing.assert_close(t_resumed[k], t_straight[k], atol=1e-6, rtol=0)
+
+
+def test_init_from_loads_lora_but_not_head(glue_env, tmp_path):
+    first = tmp_path / "first"
+    run(compose(BASE + ["trainer.epochs=1"]), first)
+    from lora_research.methods import build_method
+    from lora_research.models import load_model
+    from lora_research.targets import get_family
+    from lora_research.training import load_init
+
+    cfg = validate(compose(BASE + ["task=stsb"]))
+    model = load_model(cfg.model, num_labels=1)
+    build_method(cfg.method).apply(model, get_family("roberta"))
+    loaded = load_init(model, str(first), get_family("roberta"))
+    assert len(loaded) == 8 and all(".lora_" in n for n in loaded)
+    saved, _ = outputs.load_adapter_file(first)
+    params = dict(model.named_parameters())
+    for n in loaded:
+        assert torch.equal(params[n], saved[n])
+
+
+def test_missing_data_dir_fails_clearly(tmp_path, monkeypatch):
+    monkeypatch.setenv("GLUE_DIR", str(tmp_path / "nope"))
+    with pytest.raises((FileNotFoundError, ValueError), match="nope"):
+        run(compose(BASE), tmp_path / "run")
+    err = json.loads((tmp_path / "run" / "error.json").read_text())
+    assert err["status"] == "failed" and "nope" in err["error"]
+
+
+@pytest.mark.slow
+def test_sweep_with_a_failing_job_keeps_the_others(glue_dir, tmp_path):
+    """Hydra multirun: the r=64 job is impossible (d=32) and fails; r=2 still completes."""
+    env = {"GLUE_DIR": str(glue_dir), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+           "LORA_RESEARCH_CACHE": str(tmp_path / "cache"), "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "lora_research.train", "-m", *BASE, "trainer.epochs=1",
+           "method.r=2,64", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0, "a failed job makes the sweep exit non-zero"
+    jobs = sorted((tmp_path / "sweep").iterdir())
+    ok = [j for j in jobs if (j / "summary.json").exists()]
+    failed = [j for j in jobs if (j / "error.json").exists()]
+    assert len(ok) == 1 and "method.r=2" in ok[0].name
+    assert len(failed) == 1 and "method.r=64" in failed[0].name
+    assert "impossible LoRA rank r=64" in json.loads((failed[0] / "error.json").read_text())["error"]
+
+
+def test_wandb_offline_run_logs_config_and_summary(glue_env, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc login → auto = offline
+    summary = run(compose(BASE + ["trainer.epochs=1", "logger=wandb"]), tmp_path / "run")
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, "one offline W&B run in the run folder"
+    assert summary["status"] == "completed"
