@@ -93,7 +93,11 @@ def main(argv=None):
     p.add_argument("--dense-layers", type=int, default=None, help="dense SVD on this many layers, extrapolate")
     p.add_argument("--naive-layers", type=int, default=2, help="per-(i,j) Eq. 4 on this many layers, extrapolate")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for both methods (default 1: on a shared CPU, multi-threaded small "
+                        "LAPACK calls can be 10-100x slower from contention)")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     n, d, r1, r2 = args.layers, args.d, args.r1, args.r2
     run1, run2 = make_factors(n, d, r1, 1), make_factors(n, d, r2, 2)
     s1, s2 = 16 / r1, 16 / r2

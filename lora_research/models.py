@@ -119,6 +119,14 @@ def load_model(model_cfg: Any, *, num_labels: Optional[int] = None, problem_type
     else:
         path, kwargs = _from_pretrained_args(cfg.name_or_path)
         model = auto.from_pretrained(path, dtype=dtype, **kwargs, **task_kwargs)
+        if "gguf_file" in kwargs and getattr(model, "hf_quantizer", None) is not None and all(
+            p.is_floating_point() for p in model.parameters()
+        ):
+            # transformers de-quantised the GGUF tensors to `dtype` but keeps its GGUF quantizer attached,
+            # and Trainer then refuses to train a "purely quantized model". It is an ordinary model now.
+            model.hf_quantizer.remove_quantization_config(model)  # drops hf_quantizer, sets is_quantized False
+            if getattr(model.config, "_is_quantized", False):
+                model.config._is_quantized = False
     return model
 
 

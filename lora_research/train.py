@@ -60,7 +60,15 @@ def main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     group = Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else None
-    summary = run(cfg, run_dir, group=group)
+    try:
+        summary = run(cfg, run_dir, group=group)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        if hc.mode.name == "MULTIRUN":
+            raise  # Hydra records the failed job; the sweep's other jobs go on
+        print(f"error: {e}", file=sys.stderr)
+        if (run_dir / outputs.ERROR_FILE).exists():
+            print(f"(traceback: {run_dir / outputs.ERROR_FILE})", file=sys.stderr)
+        sys.exit(2)
     main_value = summary["metrics"].get(summary["main_metric"])
     print(f"\nrun folder: {run_dir}")
     print(f"best dev {summary['task']} (epoch {summary['best_epoch']}): " + ", ".join(

@@ -28,7 +28,7 @@ def runs(tmp_path_factory):
         "root": root,
         "base": root / "base.safetensors",
         "r2": synthetic_run(root / "r2", n_layers=LAYERS, d=D, r=2, seed=0),
-        "r8": synthetic_run(root / "r8", n_layers=LAYERS, d=D, r=8, seed=1),
+        "r8": synthetic_run(root / "r8", n_layers=LAYERS, d=D, r=8, alpha=32, seed=1),
         "r8b": synthetic_run(root / "r8b", n_layers=LAYERS, d=D, r=8, seed=2),
         "ft": synthetic_run(root / "ft", n_layers=LAYERS, d=D, method="full_ft", base=base, seed=3),
     }
@@ -94,7 +94,7 @@ def test_amplification_command(runs, tmp_path):
     main(["amplification", str(runs["r8"]), "--base-weights", str(runs["base"]), "--out", str(out2),
           "--layer", "0", "--matrices", "q", "--no-scaling"])
     row2 = json.loads((out2 / "amplification.json").read_text())["rows"]
-    assert len(row2) == 1 and row2[0]["norm_delta"] * 2.0 == pytest.approx(row["norm_delta"])  # α/r = 16/8
+    assert len(row2) == 1 and row2[0]["norm_delta"] * 4.0 == pytest.approx(row["norm_delta"])  # α/r = 32/8
 
 
 def test_spectra_command_with_full_ft(runs, tmp_path):

@@ -281,3 +281,15 @@ def test_spectra_table_and_ft_overlap(tmp_path):
     assert torch.allclose(phi_grid_from_bases(subspace.entry_basis(e, "delta_out"),
                                               subspace.entry_basis(e, "delta_out")).diagonal(),
                           torch.ones(3, dtype=torch.float64))
+
+
+@FAST
+@given(m=st.integers(1, 20), n=st.integers(1, 20), seed=st.integers(0, 1000))
+def test_thin_svd_matches_torch_svd(m, n, seed):
+    M = randn(m, n, seed=seed)
+    U, S, Vh = subspace.thin_svd(M)
+    p = min(m, n)
+    assert U.shape == (m, p) and S.shape == (p,) and Vh.shape == (p, n)
+    assert torch.allclose(S, torch.linalg.svdvals(M), atol=1e-10)
+    assert torch.allclose(U @ torch.diag(S) @ Vh, M, atol=1e-10)
+    assert torch.allclose(Vh @ Vh.T, torch.eye(p, dtype=torch.float64), atol=1e-10)

@@ -80,6 +80,7 @@ def test_same_seed_same_metrics(glue_env, tmp_path):
     ]
     assert a["metrics"]["accuracy"] == b["metrics"]["accuracy"]
     assert a["train_loss"] == b["train_loss"]
+    assert b["feature_cache_hit"], "the second run on the same task/model re-used the tokenised features"
 
 
 class _KillAfterFirstSave(TrainerCallback):
@@ -169,3 +170,17 @@ def test_wandb_offline_run_logs_config_and_summary(glue_env, tmp_path, monkeypat
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, "one offline W&B run in the run folder"
     assert summary["status"] == "completed"
+
+
+def test_cli_bad_value_is_one_clear_line_and_exit_2(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "lora_research.train", "model=tiny_roberta", "logger=none", "method.targets=[q,wv]",
+           f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: unknown target matrix 'wv' for model family 'roberta'; "
+        "valid choices: ['q', 'k', 'v', 'o', 'mlp_in', 'mlp_out']"
+    ]
+    assert "Traceback" not in proc.stderr

@@ -26,14 +26,27 @@ def _f64(x) -> torch.Tensor:
     return torch.as_tensor(x).detach().to(torch.float64)
 
 
+def thin_svd(M: torch.Tensor):
+    """Thin SVD ``(U, S, Vh)`` of a float64 copy of M, via QR of its long side first (r ≪ k: QR of
+    the k × r transpose, then an r × r SVD), which is cheaper than LAPACK's SVD on a wide matrix."""
+    M = _f64(M)
+    if M.shape[0] < M.shape[1]:
+        q, r = torch.linalg.qr(M.T)  # M = rᵀ qᵀ
+        u, s, vh = torch.linalg.svd(r.T)
+        return u, s, vh @ q.T
+    q, r = torch.linalg.qr(M)
+    u, s, vh = torch.linalg.svd(r)
+    return q @ u, s, vh
+
+
 def right_singular_basis(A: torch.Tensor) -> torch.Tensor:
     """(k, min(r, k)) orthonormal columns: A's right-singular vectors, σ descending (``Vh.T``)."""
-    return torch.linalg.svd(_f64(A), full_matrices=False).Vh.T
+    return thin_svd(A)[2].T
 
 
 def left_singular_basis(B: torch.Tensor) -> torch.Tensor:
     """(d, min(d, r)) orthonormal columns: B's left-singular vectors, σ descending (``U``)."""
-    return torch.linalg.svd(_f64(B), full_matrices=False).U
+    return thin_svd(B)[0]
 
 
 def lowrank_svd(B: torch.Tensor, A: torch.Tensor, scaling: float = 1.0):
