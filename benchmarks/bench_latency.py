@@ -21,7 +21,8 @@ is the base model, so it adds nothing. Here, on whatever device is given (defaul
 * timing: variants are run round-robin within each repetition (so drift from other processes on
   the machine hits all of them alike), after ``--warmup`` untimed passes; we report the median
   over ``--repeats`` and the ratio to the base model's median *from the same run*. Decoder passes
-  use ``use_cache=False``.
+  use ``use_cache=False``. CPU runs use one thread by default (``--threads``): on a 2-core
+  machine shared with other jobs two threads oversubscribed and were ~3× slower and noisier.
 
 Usage: ``python benchmarks/bench_latency.py [--quick] [--device cuda] [--json out.json]``.
 """
@@ -163,7 +164,9 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--adapter-r", type=int, default=64, help="adapter bottleneck size")
     ap.add_argument("--prefix-len", type=int, default=10, help="PreLayer prefix length l_p (Li & Liang E2E: 10)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (default 1: on a shared 2-core machine 2 threads oversubscribe and "
+                         "made passes ~3x slower and noisier); 0 = torch's default")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     args = ap.parse_args(argv)
     if args.quick:
