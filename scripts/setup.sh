@@ -21,7 +21,7 @@ if ! python -c "import torch" 2>/dev/null; then
     python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
   fi
 fi
-if ! python -c "import lora_research, peft, hypothesis" 2>/dev/null; then
+if ! (cd / && python -c "import lora_research, peft, hypothesis") 2>/dev/null; then
   echo "[setup] installing lora-research and its dependencies"
   python -m pip install -q -e ".[dev]"
 fi

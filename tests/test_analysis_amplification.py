@@ -13,6 +13,15 @@ from lora_research.analysis.subspace import lowrank_svd
 FAST = settings(max_examples=20, deadline=None)
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Small LAPACK calls: one thread avoids OpenMP oversubscription on shared CPUs (10-100x slowdowns)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def randn(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 

@@ -17,6 +17,15 @@ D, LAYERS = 24, 3
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Small LAPACK calls: one thread avoids OpenMP oversubscription on shared CPUs (10-100x slowdowns)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("section7")
@@ -118,8 +127,13 @@ def test_source_A_rejected_for_full_ft(runs, tmp_path):
         main(["figures", str(runs["ft"]), str(runs["r8"]), "--out", str(tmp_path)])
 
 
+def test_bad_input_is_one_line_exit_2(runs, tmp_path, capsys):
+    assert main(["figures", str(runs["r8"]), str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: no adapter file")
+
+
 def test_module_entry_point(runs, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     res = subprocess.run([sys.executable, "-m", "lora_research.analysis", "phi", str(runs["r8"]), str(runs["r8b"]),
                           "--layer", "0", "--matrix", "v", "--out", str(tmp_path)],
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)

@@ -14,6 +14,15 @@ from lora_research.analysis.subspace import (
 FAST = settings(max_examples=25, deadline=None)
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Small LAPACK calls: one thread avoids OpenMP oversubscription on shared CPUs (10-100x slowdowns)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def randn(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
@@ -206,6 +215,12 @@ def test_compare_runs_matches_direct(runs):
     # layer / matrix selection and truncation
     some = subspace.compare_runs(runs["r2"], runs["r8"], layers=[2], matrices=["q"], max_j=4)
     assert list(some) == [(2, "q")] and some[(2, "q")].shape == (2, 4)
+
+
+def test_compare_runs_rejects_different_models(runs, tmp_path):
+    other = synthetic_run(tmp_path / "other", n_layers=3, d=12, r=2)
+    with pytest.raises(ValueError, match="same base model"):
+        subspace.compare_runs(runs["r2"], other)
 
 
 def test_rank_vs_rank_orders_small_r_first(runs):

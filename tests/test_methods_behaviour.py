@@ -338,3 +338,35 @@ def test_dora_on_fused_gpt2_slices_only_touches_adapted_rows():
         assert torch.equal(w[:, 32:64], w0[:, 32:64])  # k slice untouched
         assert not torch.equal(w[:, :32], w0[:, :32]) and not torch.equal(w[:, 64:], w0[:, 64:])
     assert isinstance(model.transformer.h[0].attn.c_attn, LoRALinear)
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_prefix_layer_gradients_with_activation_checkpointing(family):
+    """Checkpointed blocks recompute during backward: the replacement must happen there too."""
+    cfg = {"name": "prefix_layer", "prefix_len": 2, "infix_len": 1, "init": "normal", "init_std": 1.0}
+    grads = []
+    for ckpt in (False, True):
+        model, _, _ = _apply(cfg, family)
+        if ckpt:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        for m in model.modules():  # dropout off so both runs are deterministic
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        model(**tiny_batch(family)).loss.backward()
+        grads.append(model.prefix_tuning.weight.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+    assert grads[0].abs().sum() > 0
+
+
+def test_pissa_extra_state_recovers_pretrained_delta():
+    base, spec = tiny_model("gpt2")
+    model = copy.deepcopy(base)
+    method = build_method({"name": "lora", "r": 2, "init_a": "pissa", "targets": ["q", "v"]})
+    method.apply(model, spec)
+    extra, state = method.extra_state(model), method.trainable_state(model)
+    for e in method.analysis_index(model):
+        assert e["pissa"] is True and e["A0"] in extra and e["B0"] in extra
+        # at init ΔW w.r.t. W0 is zero: s·(BA − B0A0) = 0
+        delta = e["scaling"] * (state[e["B"]] @ state[e["A"]] - extra[e["B0"]] @ extra[e["A0"]])
+        assert delta.abs().max() == 0

@@ -131,7 +131,7 @@ def spectra_figure(spectra: Mapping[str, Sequence[float]], title: str = "") -> F
         e = np.cumsum(s ** 2)
         ax2.plot(k, e / e[-1] if e[-1] > 0 else e, label=label)
     ax1.set(xlabel="k", ylabel=r"$\sigma_k(\Delta W)$", title="singular values")
-    ax2.set(xlabel="k", ylabel="cumulative energy", xscale="log", title=r"$\sum_{l\leq k}\sigma_l^2 / \|\Delta W\|_F^2$")
+    ax2.set(xlabel="k", ylabel="cumulative energy", xscale="log", title="share of ‖ΔW‖_F² in the top k σ")
     for y in (0.9, 0.99):
         ax2.axhline(y, color="grey", lw=0.6, ls="--")
     ax1.legend(fontsize=7)

@@ -166,6 +166,10 @@ def compare_runs(run_a, run_b, layers=None, matrices=None, source: str = "A",
             eb = b.get(ea.layer, ea.matrix)
         except KeyError:
             continue
+        dim = 1 if source in ("A", "delta_in") else 0
+        if ea.shape[dim] != eb.shape[dim]:
+            raise ValueError(f"layer {ea.layer} {ea.matrix}: ΔW shapes {ea.shape} vs {eb.shape} differ; "
+                             "are both runs on the same base model?")
         u1 = entry_basis(ea, source, base_loader_a, rank=max_i)
         u2 = entry_basis(eb, source, base_loader_b, rank=max_j)
         out[ea.key] = phi_grid_from_bases(u1, u2)

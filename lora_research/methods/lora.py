@@ -40,7 +40,8 @@ Variants (options of ``method=lora``; all keep ``lora_A.<matrix>``/``lora_B.<mat
   W_res = W0 − s·B A, so the output is unchanged at init (up to float32 round-off of the SVD).
   Merging gives W_res + s·BA. The base weights of the model are therefore modified: the analysis
   index marks such entries with ``"pissa": true`` (ΔW relative to the pretrained W0 is
-  s·(B A − B0 A0), not s·B A). On fused GPT-2 slices the SVD is taken per slice.
+  s·(B A − B0 A0), not s·B A; ``extra_state`` saves B0, A0 as ``lora_B0.<m>``/``lora_A0.<m>``,
+  named by the index keys ``"A0"``/``"B0"``). On fused GPT-2 slices the SVD is taken per slice.
 """
 from __future__ import annotations
 
@@ -121,6 +122,7 @@ class LoRALinear(nn.Module):
         self.pissa = init_a == "pissa"
         self.merged = False
         self._dora_norms: dict[str, torch.Tensor] = {}
+        self.pissa_init_AB: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._w0: Optional[torch.Tensor] = None
         w = base.weight
         self.lora_A = nn.ParameterDict()
@@ -166,6 +168,8 @@ class LoRALinear(nn.Module):
         b = u[:, :r] @ torch.diag(torch.sqrt(sr))
         self.lora_A[matrix].copy_(a.to(self.lora_A[matrix].dtype))
         self.lora_B[matrix].copy_(b.to(self.lora_B[matrix].dtype))
+        # kept (not in the state dict) for the analysis: ΔW vs the pretrained W0 is s·(BA − B0A0)
+        self.pissa_init_AB[matrix] = (self.lora_A[matrix].detach().clone(), self.lora_B[matrix].detach().clone())
         residual = w_rows.to(torch.float32) - s * (b @ a)
         w_rows.copy_(residual.to(w_rows.dtype))  # writes through the view into base.weight
 
@@ -368,4 +372,15 @@ class LoRA(Method):
                 index[-1]["magnitude"] = f"{t.module}.lora_magnitude.{t.matrix}"
             if mod.pissa:  # the base weight holds W_res = W0 − s·B0A0, not the pretrained W0
                 index[-1]["pissa"] = True
+                index[-1]["A0"] = f"{t.module}.lora_A0.{t.matrix}"  # in extra_state
+                index[-1]["B0"] = f"{t.module}.lora_B0.{t.matrix}"
         return index
+
+    def extra_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """PiSSA only: the initial A0, B0 (ΔW w.r.t. the pretrained W0 = s·(BA − B0A0))."""
+        state = {}
+        for path, mod in self.lora_modules(model).items():
+            for m, (a0, b0) in mod.pissa_init_AB.items():
+                state[f"{path}.lora_A0.{m}"] = a0.cpu().contiguous()
+                state[f"{path}.lora_B0.{m}"] = b0.cpu().contiguous()
+        return state

@@ -127,13 +127,15 @@ class _PrefixMethod(Method):
             with torch.no_grad():
                 params.weight.copy_(self._init_values(model, emb))
         setattr(model, self.attr, params)  # registered: counted, saved, optimised
-        self._state = None  # (l_p, a, l_i) while a forward with insertion runs
+        # (l_p, a, l_i, inserted length) of the latest forward that inserted, None after a
+        # continuation step. Kept after the forward so that activation-checkpointed blocks
+        # recompute identically during backward.
+        self._state = None
         self._first_a = 0
         body_path = layers_path.rpartition(".")[0]
         body = model.get_submodule(body_path) if body_path else model
         self._handles = [
             model.register_forward_pre_hook(self._model_pre_hook, with_kwargs=True),
-            model.register_forward_hook(self._model_post_hook),
             body.register_forward_hook(self._strip_hook),
         ]
         self._register_block_hooks(blocks)
@@ -209,7 +211,7 @@ class _PrefixMethod(Method):
                 ],
                 dim=1,
             )
-        self._state = (l_p, a, l_i)
+        self._state = (l_p, a, l_i, length + l_p + l_i)
         self._first_a = a
         return args, kwargs
 
@@ -219,14 +221,13 @@ class _PrefixMethod(Method):
             return kwargs["input_ids"].shape[1]
         return kwargs["inputs_embeds"].shape[1]
 
-    def _model_post_hook(self, model, args, output):
-        self._state = None
-
     def _strip_hook(self, module, args, output):
         if self._state is None:
             return None
-        l_p, a, l_i = self._state
+        l_p, a, l_i, total = self._state
         hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
+        if hidden.shape[1] != total:
+            return None
         stripped = torch.cat([hidden[:, l_p : l_p + a], hidden[:, l_p + a + l_i :]], dim=1)
         if isinstance(output, tuple):
             return (stripped,) + tuple(output[1:])
@@ -301,24 +302,22 @@ class PrefixLayer(_PrefixMethod):
 
     def _inserted_embeddings(self, model, batch, like):
         # placeholders: the inputs of block 0 at these positions are replaced by P[0]
-        z = like.new_zeros(batch, 0, like.shape[-1])
-        return (
-            z.new_zeros(batch, self.cfg.prefix_len, like.shape[-1]),
-            z.new_zeros(batch, self.cfg.infix_len, like.shape[-1]),
-        )
+        d = like.shape[-1]
+        return like.new_zeros(batch, self.cfg.prefix_len, d), like.new_zeros(batch, self.cfg.infix_len, d)
 
     def _register_block_hooks(self, blocks):
         self._block_handles = [
             b.register_forward_pre_hook(self._make_block_hook(i), with_kwargs=True) for i, b in enumerate(blocks)
         ]
-        self._model_ref = None
 
     def _make_block_hook(self, layer: int):
         def hook(block, args, kwargs):
             if self._state is None:
                 return None
-            l_p, a, l_i = self._state
+            l_p, a, l_i, total = self._state
             hs = args[0] if args else kwargs["hidden_states"]
+            if hs.shape[1] != total:
+                return None
             p = self._params.weight[layer].to(hs.dtype)
             b = hs.shape[0]
             new = torch.cat(
