@@ -102,7 +102,8 @@ def _intended(cfg: dict, family: str, n_layers: int):
     if name == "full_ft":
         return lambda n: True
     if name == "ft_top2":
-        return lambda n: block_of(n) is not None and block_of(n) >= n_layers - 2
+        top = cfg.get("top_layers", 2)
+        return lambda n: block_of(n) is not None and block_of(n) >= n_layers - top
     raise AssertionError(name)
 
 
@@ -137,8 +138,6 @@ def test_exactly_intended_parameters_get_gradients(family, key):
     out = model(**tiny_batch(family))
     out.loss.backward()
     n_layers = len(find_layers(model, spec)[1])
-    if key == "ft_top2":
-        n_layers = 3  # top_layers=1 of 2 blocks: only block 1 (predicate uses "last two" of 3)
     intended = _intended(cfg, family, n_layers)
     for n, p in model.named_parameters():
         want = intended(n) or is_head_parameter(n, spec)

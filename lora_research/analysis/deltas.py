@@ -27,8 +27,7 @@ from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 import torch
 
-FORMAT = "lora_research.adapter/1"
-ADAPTER_FILE = "adapter.safetensors"
+from lora_research.outputs import ADAPTER_FILE, ADAPTER_FORMAT as FORMAT, save_adapter
 FULL_FT_METHODS = ("full_ft", "ft_top2")
 
 #: ``loader(module_path, out_slice) -> W0`` with W0 in (out, in) orientation, rows ``out_slice``
@@ -282,15 +281,9 @@ def load_base_weights(run: "str | Path") -> BaseWeightLoader:
 
 def write_adapter(path: "str | Path", tensors: Mapping[str, torch.Tensor], index: list,
                   method: str = "lora", base_model: str = "synthetic", model_family: str = "bert") -> Path:
-    """Write tensors + index in the ``lora_research.adapter/1`` format."""
-    from safetensors.torch import save_file
-
-    meta = {"format": FORMAT, "method": method, "base_model": base_model,
-            "model_family": model_family, "index": json.dumps(index)}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=meta)
-    return path
+    """Write tensors + index in the ``lora_research.adapter/1`` format (test fixtures, demos)."""
+    return save_adapter(path, dict(tensors), {"method": method, "base_model": base_model,
+                                              "model_family": model_family, "index": index})
 
 
 def synthetic_run(run_dir: "str | Path", *, n_layers: int = 2, d: int = 16, k: Optional[int] = None,

@@ -128,8 +128,9 @@ class _PrefixMethod(Method):
                 params.weight.copy_(self._init_values(model, emb))
         setattr(model, self.attr, params)  # registered: counted, saved, optimised
         # (l_p, a, l_i, inserted length) of the latest forward that inserted, None after a
-        # continuation step. Kept after the forward so that activation-checkpointed blocks
-        # recompute identically during backward.
+        # continuation step. Kept after the forward: transformers 5 checkpoints a block's
+        # ``forward`` (hooks stay outside and see already-replaced inputs), but a checkpoint around
+        # ``__call__`` would re-run the block hooks during backward and needs the same state.
         self._state = None
         self._first_a = 0
         body_path = layers_path.rpartition(".")[0]
