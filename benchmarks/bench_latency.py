@@ -23,7 +23,9 @@ is the base model, so it adds nothing. Here, on whatever device is given (defaul
   over ``--repeats`` and the ratio to the base model's median *from the same run*. Decoder passes
   use ``use_cache=False``. ``lora_merged`` has exactly the base model's arithmetic (its wrappers
   return right after the base layer), so its deviation from 1.00 is an A/A control that shows the
-  run's timing noise (on a shared machine, several percent). CPU runs use one thread by default (``--threads``): on a 2-core
+  run's timing noise (on a shared machine, several percent). All variants are timed with every
+  parameter frozen (``requires_grad=False``): mixing frozen and unfrozen weights alone shifted
+  CPU timings by ~18% in our runs. CPU runs use one thread by default (``--threads``): on a 2-core
   machine shared with other jobs two threads oversubscribed and were ~3× slower and noisier.
 
 Usage: ``python benchmarks/bench_latency.py [--quick] [--device cuda] [--json out.json]``.
@@ -95,6 +97,11 @@ def build_variants(base_model, family, args, device):
                             p.normal_(std=0.01)
             if name == "lora_merged":
                 method.merge(model)
+        # Same requires_grad everywhere: on CPU (torch 2.13) a model whose weights have
+        # requires_grad=False ran ~18% slower under inference_mode than the same model with
+        # requires_grad=True, which alone made "LoRA merged" (frozen base) look slower than an
+        # untouched base model. Inference deployments freeze everything, so we do too.
+        model.requires_grad_(False)
         models[name] = (model.to(device).eval(), n_params)
     return models
 
