@@ -34,7 +34,7 @@ OVERRIDES = [
     "model=tiny_gpt2", "task=e2e", "method=lora", "logger=none", f"task.data_dir={DATA}",
     "trainer.device=cpu", "trainer.max_steps=4", "trainer.batch_size=4", "trainer.eval_batch_size=16",
     "trainer.logging_steps=2", "task.max_train_samples=16", "task.max_eval_samples=3", "task.max_length=64",
-    f"task.cache_dir=__CACHE__", "task.decode.num_beams=2", "task.decode.max_new_tokens=6",
+    "task.cache_dir=__CACHE__", "task.decode.num_beams=2", "task.decode.max_new_tokens=6",
     "method.r=2", "method.alpha=4",
 ]
 

@@ -37,12 +37,8 @@ of one MR are its multiple references.
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -325,11 +321,11 @@ def prepare_e2e_features(
     ``train`` is subsampled to ``max_train_samples`` pairs, other splits to ``max_eval_mrs``
     whole MRs (all their references), both seeded with ``seed`` (the task's ``subset_seed``).
     The cache (``save_to_disk`` into a temp folder, then ``os.replace``) lives under
-    :func:`lora_research.tasks.glue.default_cache_dir` and is keyed like the GLUE one.
+    :func:`lora_research.tasks.feature_cache.default_cache_dir` and is keyed like the GLUE one.
     """
     import datasets
 
-    from lora_research.tasks.glue import _tokenizer_identity, default_cache_dir
+    from lora_research.tasks.feature_cache import cached_features, tokenizer_identity
 
     if max_length <= 0:
         raise ValueError(f"max_length must be a positive int, got {max_length!r}")
@@ -339,43 +335,25 @@ def prepare_e2e_features(
         "splits": list(splits),
         "data": _data_identity(source, data_dir, splits),
         "mr_style": mr_style,
-        "tokenizer": _tokenizer_identity(tokenizer),
+        "tokenizer": tokenizer_identity(tokenizer),
         "max_length": int(max_length),
         "max_train_samples": max_train_samples,
         "max_eval_mrs": max_eval_mrs,
         "seed": seed,
     }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    entry = root / f"e2e-{digest[:20]}"
-    if (entry / "key.json").is_file():
-        try:
-            dd = datasets.load_from_disk(str(entry))
-            return {s: dd[s] for s in splits}, True
-        except Exception:  # noqa: BLE001 - unreadable entry: rebuild
-            shutil.rmtree(entry, ignore_errors=True)
-    out = datasets.DatasetDict()
-    for s in splits:
-        pairs = load_pairs(s, source=source, data_dir=data_dir, mr_style=mr_style)
-        if s == "train":
-            pairs = subsample_pairs(pairs, max_train_samples, seed)
-        else:
-            pairs = subsample_mrs(pairs, max_eval_mrs, seed)
-        enc = [encode_pair(tokenizer, p.context, p.completion, max_length) for p in pairs]
-        out[s] = datasets.Dataset.from_dict(
-            {k: [e[k] for e in enc] for k in ("input_ids", "attention_mask", "labels")}
-        )
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=root))
-    try:
-        out.save_to_disk(str(tmp))
-        (tmp / "key.json").write_text(json.dumps(key, indent=2, sort_keys=True))
-        try:
-            os.replace(tmp, entry)
-        except OSError:  # a concurrent writer won
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    dd = datasets.load_from_disk(str(entry))
-    return {s: dd[s] for s in splits}, False
+    def build():
+        out = datasets.DatasetDict()
+        for s in splits:
+            pairs = load_pairs(s, source=source, data_dir=data_dir, mr_style=mr_style)
+            if s == "train":
+                pairs = subsample_pairs(pairs, max_train_samples, seed)
+            else:
+                pairs = subsample_mrs(pairs, max_eval_mrs, seed)
+            enc = [encode_pair(tokenizer, p.context, p.completion, max_length) for p in pairs]
+            out[s] = datasets.Dataset.from_dict(
+                {k: [e[k] for e in enc] for k in ("input_ids", "attention_mask", "labels")}
+            )
+        return out
+
+    dd, hit = cached_features("e2e", key, build, cache_dir)
+    return {s: dd[s] for s in splits}, hit

@@ -45,12 +45,8 @@ tokenizer, ``max_length``, the splits and the subsampling arguments.
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,13 +54,13 @@ from typing import Any
 
 import numpy as np
 
+from lora_research.tasks.feature_cache import cached_features, key_digest, tokenizer_identity
 from lora_research.metrics.glue import GLUE_METRIC_NAMES
 
 __all__ = [
     "GLUE_TASKS",
     "GlueTaskSpec",
     "HUB_DATASET_ID",
-    "default_cache_dir",
     "features_fingerprint",
     "get_task_spec",
     "load_glue",
@@ -526,42 +522,6 @@ def load_glue(
 # --------------------------------------------------------------------------- features + cache
 
 
-def default_cache_dir() -> Path:
-    """``$LORA_RESEARCH_CACHE/features``; ``LORA_RESEARCH_CACHE`` defaults to ``~/.cache/lora_research``."""
-    root = os.environ.get("LORA_RESEARCH_CACHE") or os.path.join("~", ".cache", "lora_research")
-    return Path(root).expanduser() / "features"
-
-
-def _tokenizer_identity(tokenizer) -> dict[str, Any]:
-    """What determines a tokenizer's output: class, name, vocab size, a hash of its serialisation.
-
-    Fast tokenizers: the backend ``tokenizer.json`` (vocab, normaliser, pre-tokeniser,
-    post-processor, added tokens) without its mutable ``truncation``/``padding`` state. Other
-    tokenizers: the vocabulary and special tokens. The truncation side is added since it changes
-    which tokens survive ``max_length``.
-    """
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        ser = json.loads(backend.to_str())
-        ser.pop("truncation", None)
-        ser.pop("padding", None)
-        payload = json.dumps(ser, sort_keys=True)
-    else:
-        payload = json.dumps(
-            {"vocab": sorted(tokenizer.get_vocab().items()),
-             "special": sorted(map(str, tokenizer.all_special_tokens)),
-             "lower": getattr(tokenizer, "do_lower_case", None)},
-            sort_keys=True,
-        )
-    return {
-        "class": type(tokenizer).__name__,
-        "name_or_path": str(getattr(tokenizer, "name_or_path", "")),
-        "vocab_size": len(tokenizer),
-        "truncation_side": getattr(tokenizer, "truncation_side", "right"),
-        "serialisation_sha256": hashlib.sha256(payload.encode("utf-8")).hexdigest(),
-    }
-
-
 def _data_identity(spec: GlueTaskSpec, data_dir, splits, revision) -> dict[str, Any]:
     if data_dir is None:
         return {"source": "hub", "dataset": HUB_DATASET_ID, "config": spec.name,
@@ -603,14 +563,13 @@ def features_fingerprint(
         "task": spec.name,
         "splits": list(wanted),
         "data": _data_identity(spec, data_dir, wanted, revision),
-        "tokenizer": _tokenizer_identity(tokenizer),
+        "tokenizer": tokenizer_identity(tokenizer),
         "max_length": int(max_length),
         "max_train_samples": max_train_samples,
         "max_eval_samples": max_eval_samples,
         "seed": seed if subsampling else None,
     }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()
-    return digest, key
+    return key_digest(key), key
 
 
 def _subsample(ds, n: int | None, seed: int):
@@ -674,46 +633,26 @@ def prepare_glue_features(
     file order, before tokenisation. ``seed`` is part of the cache key only when subsampling.
 
     Cache: ``<cache_dir>/<task>-<fingerprint[:20]>/`` (``cache_dir`` default:
-    :func:`default_cache_dir`), written with ``save_to_disk`` into a temp folder in the same
+    :func:`~lora_research.tasks.feature_cache.default_cache_dir`), written with ``save_to_disk`` into a temp folder in the same
     parent and moved into place with ``os.replace`` (atomic; concurrent writers are safe, the
     first to finish wins). A hit is served by ``load_from_disk`` without reading the raw data.
     ``key.json`` inside the entry records the fingerprinted contents.
     """
-    import datasets
 
     spec = get_task_spec(task)
     wanted = _resolve_splits(spec, splits)
     if max_length <= 0:
         raise ValueError(f"max_length must be a positive int, got {max_length!r}")
-    digest, key = features_fingerprint(
+    _, key = features_fingerprint(
         task, tokenizer, max_length=max_length, data_dir=data_dir, splits=wanted,
         max_train_samples=max_train_samples, max_eval_samples=max_eval_samples,
         seed=seed, revision=revision,
     )
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    entry = root / f"{spec.name}-{digest[:20]}"
-    if (entry / "key.json").is_file():
-        try:
-            return datasets.load_from_disk(str(entry)), True
-        except Exception:  # noqa: BLE001 - unreadable entry (e.g. deleted files): rebuild
-            shutil.rmtree(entry, ignore_errors=True)
+    def build():
+        raw = load_glue(task, data_dir, splits=wanted, revision=revision)
+        for split in wanted:
+            n = max_train_samples if split == "train" else max_eval_samples
+            raw[split] = _subsample(raw[split], n, seed)
+        return _tokenise(spec, raw, tokenizer, max_length)
 
-    raw = load_glue(task, data_dir, splits=wanted, revision=revision)
-    for split in wanted:
-        n = max_train_samples if split == "train" else max_eval_samples
-        raw[split] = _subsample(raw[split], n, seed)
-    features = _tokenise(spec, raw, tokenizer, max_length)
-
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=root))
-    try:
-        features.save_to_disk(str(tmp))
-        (tmp / "key.json").write_text(json.dumps(key, indent=2, sort_keys=True))
-        try:
-            os.replace(tmp, entry)
-        except OSError:  # a concurrent writer created the entry first: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return datasets.load_from_disk(str(entry)), False
+    return cached_features(spec.name, key, build, cache_dir)
