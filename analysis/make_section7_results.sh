@@ -16,7 +16,10 @@ if [ ! -f "$RUNS/full_ft/s1/summary.json" ]; then
     hydra.run.dir="$RUNS/full_ft/s1"
 fi
 A=python\ -m\ lora_research.analysis
-$A figures "$RUNS/lora/r8_s1" "$RUNS/lora/r64_s1" --layer 0,3,5 --out "$OUT/fig3_r8_vs_r64"
+# Fig. 3 compares r=8 and r=64 from DIFFERENT seeds: with the same seed the first LoRA module's
+# A_{r=8} is initialised from the very numbers of A_{r=64}'s first 8 rows (same generator, same
+# Kaiming bound), which puts φ ≈ 1 there before any training.
+$A figures "$RUNS/lora/r8_s2" "$RUNS/lora/r64_s1" --layer 0,3,5 --out "$OUT/fig3_r8s2_vs_r64s1"
 $A figures "$RUNS/lora/r64_s1" "$RUNS/lora/r64_s2" --layer 0,3,5 --out "$OUT/fig4_r64_seed1_vs_seed2"
 $A figures "$RUNS/lora/r8_s1" "$RUNS/lora/r8_s2" --layer 3 --out "$OUT/fig4_r8_seed1_vs_seed2"
 $A amplification "$RUNS/lora/r8_s1" --layer 3 --out "$OUT/table7_r8"
