@@ -1,7 +1,7 @@
 """E2E data (lora_research.tasks.e2e): the real CSVs, MR linearisation vs microsoft/LoRA's files,
 completion-only labels, collator padding, subsampling, malformed input, the hub path (monkeypatched).
 
-The data tests need the official CSVs in ``$E2E_DIR`` (default /work/shared/data/e2e) and skip otherwise.
+The data tests need the official CSVs in ``$E2E_DIR`` (default: $LORA_RESEARCH_DATA/e2e, i.e. ../shared/data/e2e) and skip otherwise.
 """
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import torch
 
 from lora_research.tasks import e2e as E
 
-DATA = Path(os.environ.get("E2E_DIR", "/work/shared/data/e2e"))
+from conftest import DATA as _DATA_ROOT
+
+DATA = Path(os.environ.get("E2E_DIR", _DATA_ROOT / "e2e"))
 needs_data = pytest.mark.skipif(not (DATA / "trainset.csv").is_file(), reason=f"E2E CSVs not in {DATA}")
 
 

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("E2E_DIR", "/work/shared/data/e2e"))
+from conftest import DATA as _DATA_ROOT
+
+DATA = Path(os.environ.get("E2E_DIR", _DATA_ROOT / "e2e"))
 METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
 
 pytestmark = [

@@ -175,7 +175,7 @@ def _lora_txt_path(data_dir: Path, split: str) -> Path:
             return cand
     raise FileNotFoundError(
         f"E2E split {split!r} in LoRA txt format not found: tried {data_dir / 'lora_format' / name} "
-        f"and {data_dir / name}" + (" (train.txt is not in /work/shared/data; use source=csv)" if split == "train" else "")
+        f"and {data_dir / name}" + (" (microsoft/LoRA's train.txt is often absent; use source=csv)" if split == "train" else "")
     )
 
 

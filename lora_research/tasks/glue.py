@@ -3,7 +3,7 @@
 GLUE: Wang et al., 2019, "GLUE: A Multi-Task Benchmark and Analysis Platform for Natural
 Language Understanding" (ICLR). The LoRA paper (Hu et al., 2021, Table 2) reports on the GLUE
 dev sets: MNLI matched/mismatched accuracy, CoLA Matthews correlation, STS-B Pearson, the rest
-accuracy (see ``/work/shared/PAPER.md`` and :mod:`lora_research.metrics.glue`).
+accuracy (see ``shared/PAPER.md`` and :mod:`lora_research.metrics.glue`).
 
 Where the data comes from
 -------------------------
@@ -13,7 +13,7 @@ With ``data_dir`` it reads the original GLUE TSV files instead. The config layer
 ``GLUE_DIR``; this module only takes ``data_dir``. Two folder layouts are accepted under
 ``data_dir``: the GLUE download layout (``CoLA/``, ``SST-2/``, ``MRPC/``, ``STS-B/``, ``QQP/``,
 ``MNLI/``, ``QNLI/``, ``RTE/``) and hub-style lowercase names (``cola/``, ``sst2/`` ...), as in
-``/work/shared/data/glue``.
+``../shared/data/glue`` next to the checkout.
 
 The local reader reproduces the hub dataset exactly (columns, order, label encoding, ``idx``),
 following the hub's builder script (``glue.py`` of ``nyu-mll/glue``):
@@ -32,7 +32,7 @@ following the hub's builder script (``glue.py`` of ``nyu-mll/glue``):
   has labels), else the unlabelled GLUE ``test.tsv``.
 
 Splits are read lazily: only the requested ``splits`` must exist, so dev-only use works when
-a train file is absent (e.g. QNLI train is not in ``/work/shared/data``).
+a train file is absent (e.g. QNLI train is not in this project's ``shared/data``).
 
 Feature cache
 -------------
