@@ -105,3 +105,9 @@ def test_presets_generator_matches_committed_files(tmp_path, monkeypatch):
     mk.main()
     after = {p.name: p.read_text() for p in (CONF / "experiment").glob("roberta_*.yaml")}
     assert before == after
+
+
+@pytest.mark.parametrize("method", ["full_ft", "bitfit", "adapter_h", "prefix_layer"])
+def test_quickstart_preset_accepts_any_method(method):
+    cfg = validate(compose(["experiment=quickstart", f"method={method}"]))
+    assert cfg.method.name == method and cfg.task.name == "sst2"
