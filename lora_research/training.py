@@ -72,17 +72,23 @@ class RunTrainer(Trainer):
 class RunFolderCallback(TrainerCallback):
     """Writes ``metrics.jsonl`` and the best-epoch ``adapter.safetensors`` into the run folder."""
 
-    def __init__(self, run_dir: Path, task: Task, method: Method, model, adapter_metadata: dict, main_split: str):
+    def __init__(self, run_dir: Path, task: Task, method: Method, model, adapter_metadata: dict, splits: tuple):
         self.run_dir = Path(run_dir)
+        self.task_splits = tuple(splits)
+        main_split = self.task_splits[0]
         self.task = task
         self.method = method
         self.model = model
         self.adapter_metadata = adapter_metadata
         self.main_split = main_split
+        self.reload_best()
+
+    def reload_best(self) -> None:
+        """Best main-split record so far, from ``metrics.jsonl`` (a resumed run keeps its best)."""
         self.best = outputs.best_record(
-            [r for r in outputs.read_metrics(run_dir) if r.get("split") == main_split],
-            task.main_metric,
-            task.greater_is_better,
+            [r for r in outputs.read_metrics(self.run_dir) if r.get("split") == self.main_split],
+            self.task.main_metric,
+            self.task.greater_is_better,
         )
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
@@ -107,8 +113,6 @@ class RunFolderCallback(TrainerCallback):
             outputs.save_adapter(
                 self.run_dir / outputs.ADAPTER_FILE, self.method.trainable_state(self.model), meta
             )
-
-    task_splits: tuple = ()
 
 
 def _training_arguments(run: RunConfig, run_dir: Path, device: torch.device) -> TrainingArguments:
@@ -237,6 +241,7 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
         counts.trainable_params_without_head, counts.total_params, len(data.train),
     )
 
+    index = method.analysis_index(model)
     adapter_meta = {
         "method": method.name,
         "base_model": run.model.name_or_path,
@@ -244,14 +249,13 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
         "task": task.name,
         "seed": run.seed,
         "config": _asdict(run.method),
-        "index": method.analysis_index(model),
+        "index": index,
         "r": getattr(run.method, "r", None),
         "alpha": getattr(run.method, "alpha", None),
-        "scaling": _scaling_summary(method.analysis_index(model)),
+        "scaling": _scaling_summary(index),
     }
     main_split = next(iter(data.evals))
-    callback = RunFolderCallback(run_dir, task, method, model, adapter_meta, main_split)
-    callback.task_splits = tuple(data.evals)
+    callback = RunFolderCallback(run_dir, task, method, model, adapter_meta, tuple(data.evals))
     callbacks = [callback, *extra_callbacks]
     if tracker is not None and tracker.active:
         from transformers.integrations import WandbCallback
@@ -272,11 +276,7 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
     if resume:
         step = int(Path(resume).name.split("-")[-1])
         _drop_records_after(run_dir, step)
-        callback.best = outputs.best_record(
-            [r for r in outputs.read_metrics(run_dir) if r.get("split") == main_split],
-            task.main_metric,
-            task.greater_is_better,
-        )
+        callback.reload_best()
         log.info("resuming from %s", resume)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()

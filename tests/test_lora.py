@@ -11,24 +11,10 @@ from lora_research.methods import LoRALinear, build_method, count_parameters
 from lora_research.models import ModelConfig, load_model
 from lora_research.targets import get_family
 
-TINY_BERT = ModelConfig(
-    name="tiny_bert",
-    family="bert",
-    random_init=True,
-    config_overrides=dict(
-        model_type="bert", vocab_size=100, hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
-    ),
-)
-TINY_ROBERTA = ModelConfig(
-    name="tiny_roberta",
-    family="roberta",
-    random_init=True,
-    config_overrides=dict(
-        model_type="roberta", vocab_size=100, hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=4, intermediate_size=64, max_position_embeddings=70, pad_token_id=1,
-    ),
-)
+from _tiny_models import OVERRIDES
+
+TINY_BERT = ModelConfig(name="tiny_bert", family="bert", random_init=True, config_overrides=OVERRIDES["bert"])
+TINY_ROBERTA = ModelConfig(name="tiny_roberta", family="roberta", random_init=True, config_overrides=OVERRIDES["roberta"])
 
 
 def _tiny(cfg, num_labels=3, seed=0):

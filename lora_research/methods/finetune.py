@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from lora_research.methods.base import Method, freeze, unfreeze_head
-from lora_research.targets import FamilySpec, find_layers, is_head_parameter, resolve_targets
+from lora_research.targets import FamilySpec, find_layers, is_head_parameter, module_shape, resolve_targets
 
 
 @dataclass
@@ -75,7 +75,7 @@ class FullFineTuning(Method):
                 "alpha": None,
                 "scaling": None,
                 "out_slice": None if t.out_slice is None else list(t.out_slice),
-                "base_shape": list(_shape(model.get_submodule(t.module))),
+                "base_shape": list(module_shape(model.get_submodule(t.module))),
             }
             for t in self.targets
         ]
@@ -107,8 +107,3 @@ class FineTuneTop2(FullFineTuning):
 def family_is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D"
 
-
-def _shape(module: nn.Module) -> tuple[int, int]:
-    from lora_research.targets import module_shape
-
-    return module_shape(module)
