@@ -43,7 +43,8 @@ CONFIG_FILE = "config.yaml"
 ERROR_FILE = "error.json"
 
 
-def _atomic(path: Path, write) -> Path:
+def atomic_write(path: Path | str, write) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then move it onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -65,7 +66,7 @@ def atomic_write_text(path: Path | str, text: str) -> Path:
             f.flush()
             os.fsync(f.fileno())
 
-    return _atomic(Path(path), write)
+    return atomic_write(Path(path), write)
 
 
 def atomic_write_json(path: Path | str, obj: Any) -> Path:
@@ -103,7 +104,7 @@ def save_adapter(path: Path | str, tensors: dict[str, torch.Tensor], metadata: d
     meta = {"format": ADAPTER_FORMAT}
     meta.update({k: v if isinstance(v, str) else json.dumps(v, default=_json_default) for k, v in metadata.items()})
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    return _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def load_adapter_file(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

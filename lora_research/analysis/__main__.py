@@ -23,6 +23,8 @@ from . import amplification as amp
 from . import figures as figs
 from . import spectra as spec
 from . import subspace as sub
+from lora_research.outputs import atomic_write_text
+
 from .deltas import AdapterRecord, load_adapter, load_base_weights, safetensors_base_loader
 
 
@@ -57,14 +59,14 @@ class _Writer:
         self.written = []
 
     def json(self, name, obj):
-        self.written.append(figs.atomic_write_text(self.out / name, json.dumps(obj, indent=1) + "\n"))
+        self.written.append(atomic_write_text(self.out / name, json.dumps(obj, indent=1) + "\n"))
 
     def csv(self, name, rows, fields):
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-        self.written.append(figs.atomic_write_text(self.out / name, buf.getvalue()))
+        self.written.append(atomic_write_text(self.out / name, buf.getvalue()))
 
     def figure(self, stem, fig):
         self.written.extend(figs.save_figure(fig, self.out / stem))

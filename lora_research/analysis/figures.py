@@ -8,9 +8,6 @@ PDF atomically (temporary file in the target folder, then ``os.replace``).
 """
 from __future__ import annotations
 
-import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -18,32 +15,13 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from lora_research.outputs import atomic_write
+
 MATRIX_LABEL = {"q": "W_q", "k": "W_k", "v": "W_v", "o": "W_o", "mlp_in": "W_{in}", "mlp_out": "W_{out}"}
 
 
 def _dw(matrix: str) -> str:
     return rf"$\Delta {MATRIX_LABEL.get(matrix, matrix)}$"
-
-
-@contextmanager
-def atomic_path(path: "str | Path"):
-    """Yield a temporary path in ``path``'s folder; on success ``os.replace`` it onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: "str | Path", text: str) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return Path(path)
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -57,8 +35,7 @@ def save_figure(fig: Figure, stem: "str | Path", formats: Sequence[str] = ("png"
     out = []
     for fmt in formats:
         path = Path(f"{stem}.{fmt}")
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=dpi)
+        atomic_write(path, lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=dpi))
         out.append(path)
     return out
 
