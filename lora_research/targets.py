@@ -188,12 +188,17 @@ def find_layers(model: nn.Module, family: FamilySpec) -> tuple[str, nn.ModuleLis
     )
 
 
+def is_conv1d(module: nn.Module) -> bool:
+    """GPT-2's ``Conv1D``: a linear layer whose weight is stored (in, out) ("fan_in_fan_out")."""
+    return type(module).__name__ == "Conv1D"
+
+
 def module_shape(module: nn.Module) -> tuple[int, int]:
     """(out_features, in_features) of a Linear or a GPT-2 Conv1D (weight stored (in, out))."""
     if isinstance(module, nn.Linear):
         return module.out_features, module.in_features
     weight = getattr(module, "weight", None)
-    if weight is not None and type(module).__name__ == "Conv1D":
+    if weight is not None and is_conv1d(module):
         return weight.shape[1], weight.shape[0]
     raise TypeError(f"cannot adapt module of type {type(module).__name__}: expected Linear or Conv1D")
 

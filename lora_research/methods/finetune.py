@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from lora_research.methods.base import Method, freeze, unfreeze_head
-from lora_research.targets import FamilySpec, find_layers, is_head_parameter, module_shape, resolve_targets
+from lora_research.targets import FamilySpec, find_layers, is_conv1d, is_head_parameter, module_shape, resolve_targets
 
 
 @dataclass
@@ -50,7 +50,7 @@ class FullFineTuning(Method):
 
     def _target_weight(self, model: nn.Module, t) -> torch.Tensor:
         w = model.get_submodule(t.module).weight.detach()
-        if family_is_conv1d(model.get_submodule(t.module)):
+        if is_conv1d(model.get_submodule(t.module)):
             w = w.T
         if t.out_slice is not None:
             w = w[t.out_slice[0] : t.out_slice[1]]
@@ -102,8 +102,4 @@ class FineTuneTop2(FullFineTuning):
             t for t in resolve_targets(model, family, self.cfg.analysis_targets) if t.layer >= len(blocks) - k
         ]
         return model
-
-
-def family_is_conv1d(module: nn.Module) -> bool:
-    return type(module).__name__ == "Conv1D"
 

@@ -54,7 +54,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lora_research.methods.base import Method, freeze, replace_module, unfreeze_head
-from lora_research.targets import FamilySpec, Target, module_shape, resolve_targets
+from lora_research.targets import FamilySpec, Target, is_conv1d, module_shape, resolve_targets
 
 INIT_A_CHOICES = ("kaiming", "gaussian", "pissa")
 SCALING_RULES = ("standard", "rslora")
@@ -110,7 +110,7 @@ class LoRALinear(nn.Module):
         if init_a not in INIT_A_CHOICES:
             raise ValueError(f"unknown init_a {init_a!r}; valid choices: {list(INIT_A_CHOICES)}")
         self.base = base
-        self.fan_in_fan_out = type(base).__name__ == "Conv1D"
+        self.fan_in_fan_out = is_conv1d(base)
         self.out_features, self.in_features = module_shape(base)
         self.slices = {m: (s if s is not None else (0, self.out_features)) for m, s in slices.items()}
         self.ranks = dict(ranks)
