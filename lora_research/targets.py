@@ -21,7 +21,7 @@ Methods ask this module for :class:`Target` records and never hard-code module n
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch.nn as nn
 
@@ -58,8 +58,11 @@ class FamilySpec:
     attn_output: str | None = None
     mlp_output: str | None = None
     is_decoder: bool = False
-    fan_in_fan_out: bool = False
-    extra: dict = field(default_factory=dict)
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        """Task heads this family serves (the first is the default): decoders generate, encoders classify."""
+        return ("generation",) if self.is_decoder else ("classification", "regression")
 
 
 _BERT_MATRICES = {
@@ -109,7 +112,6 @@ FAMILIES: dict[str, FamilySpec] = {
         attn_output="attn.c_proj",
         mlp_output="mlp.c_proj",
         is_decoder=True,
-        fan_in_fan_out=True,
     ),
     "llama": FamilySpec(
         name="llama",
@@ -151,12 +153,12 @@ def get_family(name: str) -> FamilySpec:
         raise ValueError(f"unknown model family {name!r}; valid choices: {sorted(FAMILIES)}") from None
 
 
-def family_of(model: nn.Module) -> FamilySpec:
-    """Detect the family of a Hugging Face model from ``model.config.model_type``."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
+def family_for_model_type(model_type: str) -> FamilySpec:
+    """The family of a Hugging Face ``config.model_type`` (``roberta`` → roberta, ``qwen2`` → llama)."""
     if model_type not in MODEL_TYPE_TO_FAMILY:
         raise ValueError(
-            f"unsupported model_type {model_type!r}; supported: {sorted(MODEL_TYPE_TO_FAMILY)}"
+            f"no model family known for model_type {model_type!r}; known: {sorted(MODEL_TYPE_TO_FAMILY)} "
+            f"(or set model.family to one of {sorted(FAMILIES)})"
         )
     return FAMILIES[MODEL_TYPE_TO_FAMILY[model_type]]
 

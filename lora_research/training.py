@@ -33,8 +33,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from lora_research import outputs
 from lora_research.config import RunConfig
 from lora_research.methods import Method, count_parameters, get_method_class
-from lora_research.models import load_model, load_tokenizer, pick_device
-from lora_research.targets import get_family, is_head_parameter
+from lora_research.models import load_model, load_tokenizer, pick_device, resolve_family
+from lora_research.targets import is_head_parameter
 from lora_research.tasks import Task, build_task
 
 log = logging.getLogger(__name__)
@@ -224,10 +224,10 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
     device = pick_device(t.device)
     set_seed(run.seed)
 
-    family = get_family(run.model.family)
+    family = resolve_family(run.model)
     task = build_task(run.task)
     tokenizer = load_tokenizer(run.model)
-    model = load_model(run.model, num_labels=task.num_labels, problem_type=task.problem_type)
+    model = load_model(run.model, head=task.head, num_labels=task.num_labels, problem_type=task.problem_type)
     method = get_method_class(run.method.name)(run.method)
     method.apply(model, family)
     if run.init_from:
@@ -290,20 +290,23 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
 
     best = callback.best
     final_metrics: dict[str, Any] = {}
-    if task.kind != "glue":
+    if task.final_evaluation:
         restored = _restore_best(model, method, run_dir)
         final_metrics = task.final_evaluate(model, tokenizer, run_dir, trainer.args.device)
         final_metrics["weights"] = "best" if restored else "last"
 
+    metrics = _best_metrics(records, best, main_split)
     summary = {
         "status": "completed",
         "task": task.name,
         "model": run.model.name,
         "model_name_or_path": run.model.name_or_path,
         "method": method.name,
+        "method_label": method.label(),
         "seed": run.seed,
         "main_metric": task.main_metric,
-        "metrics": _best_metrics(records, best, main_split),
+        "headline_metric": task.headline(metrics, final_metrics),
+        "metrics": metrics,
         "best_epoch": best["epoch"] if best else None,
         "best_step": best["step"] if best else None,
         "final_evaluation": final_metrics,
@@ -388,11 +391,11 @@ def restore_run(run_dir, *, device: str = "cpu", weights: str = "best"):
     if not cfg_path.exists():
         raise FileNotFoundError(f"{run_dir} is not a run folder: no {outputs.CONFIG_FILE}")
     run = validate(OmegaConf.load(cfg_path))
-    family = get_family(run.model.family)
+    family = resolve_family(run.model)
     task = build_task(run.task)
     tokenizer = load_tokenizer(run.model)
     set_seed(run.seed)
-    model = load_model(run.model, num_labels=task.num_labels, problem_type=task.problem_type)
+    model = load_model(run.model, head=task.head, num_labels=task.num_labels, problem_type=task.problem_type)
     method = get_method_class(run.method.name)(run.method)
     method.apply(model, family)
     if weights == "best" and not _restore_best(model, method, run_dir):

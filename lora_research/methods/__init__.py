@@ -1,23 +1,27 @@
-"""Fine-tuning methods, one module each; ``METHODS`` maps ``method=`` names to them."""
+"""Fine-tuning methods, one module each. Each registers itself (``@register_method``); importing
+this package imports every module in it, so a new method is one new file here."""
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any
 
-from lora_research.methods.base import MergeNotSupported, Method, ParamCounts, count_parameters
-from lora_research.methods.finetune import FineTuneTop2, FullFineTuning
-from lora_research.methods.adapters import AdapterDrop, AdapterH, AdapterL, AdapterP
-from lora_research.methods.bitfit import BitFit
-from lora_research.methods.lora import LoRA, LoRAConfig, LoRALinear
-from lora_research.methods.prefix import PrefixEmbedding, PrefixLayer
+from lora_research.methods.base import (
+    METHODS,
+    MergeNotSupported,
+    Method,
+    ParamCounts,
+    count_parameters,
+    get_method_class,
+    register_method,
+)
+from lora_research.structured import as_dataclass
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (LoRA, FullFineTuning, FineTuneTop2, BitFit, AdapterH, AdapterL, AdapterP, AdapterDrop, PrefixEmbedding, PrefixLayer)}  # noqa: E501
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_") and _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
 
-
-def get_method_class(name: str) -> type[Method]:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}; valid choices: {sorted(METHODS)}") from None
+from lora_research.methods.lora import LoRA, LoRAConfig, LoRALinear  # noqa: E402
 
 
 def build_method(cfg: Any) -> Method:
@@ -25,20 +29,9 @@ def build_method(cfg: Any) -> Method:
 
     Unknown keys and wrong types fail here, naming the key and the method's valid keys.
     """
-    from dataclasses import fields, is_dataclass
-
-    from omegaconf import OmegaConf
-
-    if is_dataclass(cfg):
-        return get_method_class(cfg.name)(cfg)
-    data = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
-    cls = get_method_class(data.get("name", "<missing name>"))
-    valid = [f.name for f in fields(cls.Config)]
-    unknown = sorted(set(data) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for method {cls.name!r}; valid options: {valid}")
-    merged = OmegaConf.merge(OmegaConf.structured(cls.Config), data)
-    return cls(OmegaConf.to_object(merged))
+    name = cfg.name if hasattr(cfg, "name") else dict(cfg).get("name", "<missing name>")
+    cls = get_method_class(name)
+    return cls(as_dataclass(cls.Config, cfg, f"for method {cls.name!r}", noun="option"))
 
 
 __all__ = [
@@ -52,4 +45,5 @@ __all__ = [
     "build_method",
     "count_parameters",
     "get_method_class",
+    "register_method",
 ]

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from lora_research.methods.base import Method, freeze, replace_module, unfreeze_head
+from lora_research.methods.base import Method, freeze, register_method, replace_module, unfreeze_head
 from lora_research.targets import FamilySpec, find_layers, module_shape
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "swish": nn.SiLU}
@@ -198,6 +198,7 @@ class _AdapterMethod(Method):
         return model
 
 
+@register_method
 class AdapterH(_AdapterMethod):
     """Adapter^H (Houlsby 2019): adapters after attention and MLP; block LayerNorms trained."""
 
@@ -206,6 +207,7 @@ class AdapterH(_AdapterMethod):
     places = ("attn", "mlp")
 
 
+@register_method
 class AdapterL(_AdapterMethod):
     """Adapter^L (Lin et al. 2020): one adapter with its own LayerNorm after the MLP."""
 
@@ -215,6 +217,7 @@ class AdapterL(_AdapterMethod):
     adapter_layer_norm = True
 
 
+@register_method
 class AdapterP(_AdapterMethod):
     """Adapter^P (Pfeiffer et al. 2021): one adapter after the MLP."""
 
@@ -223,6 +226,7 @@ class AdapterP(_AdapterMethod):
     places = ("mlp",)
 
 
+@register_method
 class AdapterDrop(_AdapterMethod):
     """Adapter^D (AdapterDrop, Rücklé et al. 2020): Houlsby adapters minus the lowest blocks'."""
 

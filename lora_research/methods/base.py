@@ -7,15 +7,20 @@ A method (LoRA, adapters, BitFit, prefix tuning, full fine-tuning, ...) is a :cl
   counted apart, as the paper does);
 * ``trainable_state(model)`` returns the tensors a run saves (``adapter.safetensors``);
 * ``analysis_index(model)`` describes those tensors for the Section 7 analysis;
-* ``can_merge`` / ``merge`` / ``unmerge``: whether the learned update folds into W0.
+* ``can_merge`` / ``merge`` / ``unmerge``: whether the learned update folds into W0;
+* ``validate(family)`` checks the config against a model family before anything is loaded;
+* ``label()`` names the run's row in results tables (``lora r=8 q,v``).
 
-``methods/`` knows modules and tensors only: not tasks, data or the trainer.
+A method registers itself with :func:`register_method` where it is defined; every module of
+``lora_research/methods/`` is imported by the package, and third-party packages add methods
+through the entry-point group ``lora_research.methods``. ``methods/`` knows modules and tensors
+only: not tasks, data or the trainer.
 """
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 import torch.nn as nn
@@ -52,6 +57,14 @@ class Method(abc.ABC):
     def apply(self, model: nn.Module, family: FamilySpec) -> nn.Module:
         """Adapt ``model`` in place (and return it)."""
 
+    def validate(self, family: FamilySpec) -> None:
+        """Raise ``ValueError`` if this config cannot adapt a model of ``family`` (e.g. unknown targets)."""
+
+    def label(self) -> str:
+        """Row label in results tables: the name, then rank and targets when the method has them."""
+        r, targets = getattr(self.cfg, "r", None), getattr(self.cfg, "targets", None)
+        return self.name + (f" r={r}" if r is not None else "") + (" " + ",".join(targets) if targets else "")
+
     def merge(self, model: nn.Module) -> None:
         raise MergeNotSupported(
             f"method {self.name!r} cannot merge: its trained parameters are extra modules or "
@@ -72,6 +85,40 @@ class Method(abc.ABC):
     def extra_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Frozen tensors the analysis needs beyond ``trainable_state`` (e.g. FT target weights)."""
         return {}
+
+
+METHODS: dict[str, type[Method]] = {}
+ENTRY_POINT_GROUP = "lora_research.methods"
+M = TypeVar("M", bound=type[Method])
+
+
+def register_method(cls: M) -> M:
+    """Class decorator: make ``cls`` available as ``method=<cls.name>``."""
+    other = METHODS.get(cls.name)
+    if other is not None and other is not cls:
+        raise ValueError(f"method name {cls.name!r} is taken by {other.__module__}.{other.__qualname__}")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def _load_entry_points() -> None:
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in METHODS:
+            obj = ep.load()  # a Method subclass, or a module whose classes use @register_method
+            if isinstance(obj, type) and issubclass(obj, Method):
+                register_method(obj)
+
+
+def get_method_class(name: str) -> type[Method]:
+    """The registered method called ``name``; ``ValueError`` naming the valid choices otherwise."""
+    if name not in METHODS:
+        _load_entry_points()
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; valid choices: {sorted(METHODS)}") from None
 
 
 def freeze(model: nn.Module) -> None:

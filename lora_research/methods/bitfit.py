@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from lora_research.methods.base import Method, freeze, unfreeze_head
+from lora_research.methods.base import Method, freeze, register_method, unfreeze_head
 from lora_research.targets import FamilySpec, is_head_parameter
 
 
@@ -32,6 +32,7 @@ class BitFitConfig:
     include_layer_norm: bool = True  # also train LayerNorm biases β (BitFit trains all bias terms)
 
 
+@register_method
 class BitFit(Method):
     """``method=bitfit``: biases (and the head) are trainable, everything else frozen."""
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from lora_research.methods.base import Method, freeze, unfreeze_head
+from lora_research.methods.base import Method, freeze, register_method, unfreeze_head
 from lora_research.targets import FamilySpec, find_layers, is_conv1d, is_head_parameter, module_shape, resolve_targets
 
 
@@ -35,6 +35,7 @@ class FTTop2Config:
     analysis_targets: list = field(default_factory=lambda: ["q", "v"])
 
 
+@register_method
 class FullFineTuning(Method):
     """FT: the paper's full fine-tuning baseline; every weight is updated."""
 
@@ -81,6 +82,7 @@ class FullFineTuning(Method):
         ]
 
 
+@register_method
 class FineTuneTop2(FullFineTuning):
     """FT^Top2: only the last ``top_layers`` blocks (and the head) are trained."""
 

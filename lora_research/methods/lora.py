@@ -53,8 +53,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lora_research.methods.base import Method, freeze, replace_module, unfreeze_head
-from lora_research.targets import FamilySpec, Target, is_conv1d, module_shape, resolve_targets
+from lora_research.methods.base import Method, freeze, register_method, replace_module, unfreeze_head
+from lora_research.targets import FamilySpec, Target, is_conv1d, module_shape, resolve_targets, validate_matrices
 
 INIT_A_CHOICES = ("kaiming", "gaussian", "pissa")
 SCALING_RULES = ("standard", "rslora")
@@ -294,6 +294,7 @@ def check_rank(target: Target, r: int) -> None:
         )
 
 
+@register_method
 class LoRA(Method):
     """``method=lora``: adapt the chosen matrices with :class:`LoRALinear`, freeze the rest."""
 
@@ -304,7 +305,7 @@ class LoRA(Method):
     def rank_of(self, matrix: str) -> int:
         return int(self.cfg.rank_pattern.get(matrix, self.cfg.r))
 
-    def apply(self, model: nn.Module, family: FamilySpec) -> nn.Module:
+    def validate(self, family: FamilySpec) -> None:
         cfg = self.cfg
         if cfg.scaling_rule not in SCALING_RULES:
             raise ValueError(f"unknown scaling_rule {cfg.scaling_rule!r}; valid choices: {list(SCALING_RULES)}")
@@ -313,6 +314,11 @@ class LoRA(Method):
             raise ValueError(
                 f"rank_pattern names matrices {sorted(unknown)} that are not targets {list(cfg.targets)}"
             )
+        validate_matrices(cfg.targets, family)
+
+    def apply(self, model: nn.Module, family: FamilySpec) -> nn.Module:
+        cfg = self.cfg
+        self.validate(family)
         self.family = family
         targets = resolve_targets(model, family, cfg.targets, cfg.layers)
         for t in targets:

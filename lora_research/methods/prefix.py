@@ -53,7 +53,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from lora_research.methods.base import Method, freeze, unfreeze_head
+from lora_research.methods.base import Method, freeze, register_method, unfreeze_head
 from lora_research.targets import FamilySpec, find_layers
 
 INIT_CHOICES = ("vocab", "normal")
@@ -245,6 +245,7 @@ class _PrefixMethod(Method):
             delattr(model, self.attr)
 
 
+@register_method
 class PrefixEmbedding(_PrefixMethod):
     """``method=prefix_embed`` (PreEmbed): trainable embeddings of l_p + l_i inserted tokens."""
 
@@ -265,6 +266,7 @@ class PrefixEmbedding(_PrefixMethod):
         return w[:l_p].expand(batch, -1, -1), w[l_p:].expand(batch, -1, -1)
 
 
+@register_method
 class PrefixLayer(_PrefixMethod):
     """``method=prefix_layer`` (PreLayer): trainable block inputs at the inserted positions."""
 

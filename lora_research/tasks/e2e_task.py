@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from lora_research.config import register_task_schema
 from lora_research.decoding import DecodeConfig, check_decode_config, generate, settings_dict
-from lora_research.tasks.base import Task, TaskData
+from lora_research.structured import as_dataclass
+from lora_research.tasks.base import Task, TaskData, register_task
 from lora_research.tasks.e2e import (
     MR_STYLES,
     SOURCES,
@@ -54,9 +54,6 @@ class E2ETaskConfig:
     decode: DecodeConfig = field(default_factory=DecodeConfig)  # decoding for final_evaluate (see decoding.py)
 
 
-register_task_schema("e2e", E2ETaskConfig)
-
-
 def _check(cfg: E2ETaskConfig) -> None:
     if cfg.source not in SOURCES:
         raise ValueError(f"task.source={cfg.source!r} is not valid; valid choices: {list(SOURCES)}")
@@ -65,15 +62,6 @@ def _check(cfg: E2ETaskConfig) -> None:
     if cfg.eval_split not in EVAL_SPLITS:
         raise ValueError(f"task.eval_split={cfg.eval_split!r} is not valid; valid choices: {list(EVAL_SPLITS)}")
     check_decode_config(cfg.decode)
-
-
-def _as_cfg(cfg: Any) -> E2ETaskConfig:
-    if isinstance(cfg, E2ETaskConfig):
-        return cfg
-    from omegaconf import OmegaConf
-
-    data = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(E2ETaskConfig), data))
 
 
 def format_references(references: list[list[str]]) -> str:
@@ -86,20 +74,24 @@ def format_predictions(predictions: list[str]) -> str:
     return "".join(" ".join(p.split()) + "\n" for p in predictions)
 
 
+@register_task
 class E2ETask(Task):
     """E2E NLG: causal LM fine-tuning (completion-only loss), decoding, official metrics."""
 
     kind = "e2e"
+    Config = E2ETaskConfig
+    final_evaluation = True
     name = "e2e"
+    head = "generation"
     num_labels = None
     problem_type = None
     main_metric = "loss"
     greater_is_better = False
 
-    def __init__(self, cfg, data_root=None):
-        cfg = _as_cfg(cfg)
+    def __init__(self, cfg):
+        cfg = as_dataclass(E2ETaskConfig, cfg, "in 'task' config")
         _check(cfg)
-        super().__init__(cfg, data_root)
+        super().__init__(cfg)
         self.name = cfg.name
 
     def prepare(self, tokenizer, *, seed: int) -> TaskData:
@@ -191,6 +183,11 @@ class E2ETask(Task):
 
     def final_evaluate(self, model, tokenizer, run_dir: Path, device) -> dict[str, Any]:
         return self.decode_and_score(model, tokenizer, run_dir, device)
+
+    def headline(self, metrics: dict, final_evaluation: dict) -> Optional[dict]:
+        """BLEU of the decoded eval split (paper Table 3 scale)."""
+        v = final_evaluation.get("BLEU")
+        return None if v is None else {"name": "BLEU", "value": float(v)}
 
 
 __all__ = ["E2ETask", "E2ETaskConfig", "format_predictions", "format_references"]

@@ -1,14 +1,28 @@
 """The GLUE tasks as the trainer sees them (wraps :mod:`lora_research.tasks.glue`)."""
 from __future__ import annotations
 
-import numpy as np
-from transformers import DataCollatorWithPadding
+from dataclasses import dataclass
+from typing import Optional
 
-from lora_research.metrics.glue import compute_glue_metrics, logits_to_predictions
-from lora_research.tasks.base import Task, TaskData
-from lora_research.tasks.glue import get_task_spec, prepare_glue_features
+from lora_research.tasks.base import Task, TaskData, register_task
+from lora_research.tasks.glue import GLUE_TASKS, prepare_glue_features
 
 
+@dataclass
+class GlueTaskConfig:
+    """A GLUE task (``task=`` group: cola sst2 mrpc qqp stsb mnli qnli rte)."""
+
+    name: str = "rte"
+    kind: str = "glue"
+    data_dir: Optional[str] = None  # local GLUE folder (GLUE_DIR); null = the hub's nyu-mll/glue
+    max_length: int = 128  # max tokens per example (Table 9: 512 for RoBERTa-base)
+    max_train_samples: Optional[int] = None  # seeded random subset of train
+    max_eval_samples: Optional[int] = None  # seeded random subset of each eval split
+    subset_seed: int = 0  # seed of those subsets; fixed, so runs with different seeds see the same data
+    cache_dir: Optional[str] = None  # tokenised-feature cache (default ~/.cache/lora_research)
+
+
+@register_task
 class GlueTask(Task):
     """A GLUE task: sequence classification (regression for STS-B), official dev metrics.
 
@@ -17,16 +31,22 @@ class GlueTask(Task):
     """
 
     kind = "glue"
+    Config = GlueTaskConfig
 
-    def __init__(self, cfg, data_root=None):
-        super().__init__(cfg, data_root)
-        self.spec = get_task_spec(cfg.name)
+    def __init__(self, cfg: GlueTaskConfig):
+        if cfg.name not in GLUE_TASKS:
+            raise ValueError(f"task.name={cfg.name!r} is not valid; valid choices: {sorted(GLUE_TASKS)}")
+        super().__init__(cfg)
+        self.spec = GLUE_TASKS[cfg.name]
         self.name = self.spec.name
+        self.head = "regression" if self.spec.is_regression else "classification"
         self.num_labels = self.spec.num_labels
         self.problem_type = "regression" if self.spec.is_regression else "single_label_classification"
         self.main_metric = self.spec.main_metric
 
     def prepare(self, tokenizer, *, seed: int) -> TaskData:
+        from transformers import DataCollatorWithPadding
+
         # Subsets use task.subset_seed, not the training seed: seeds differ in training only.
         splits = ("train",) + tuple(self.spec.eval_splits)
         features, hit = prepare_glue_features(
@@ -48,6 +68,10 @@ class GlueTask(Task):
         )
 
     def compute_metrics(self, eval_pred) -> dict[str, float]:
+        import numpy as np
+
+        from lora_research.metrics.glue import compute_glue_metrics, logits_to_predictions
+
         logits = eval_pred.predictions
         if isinstance(logits, tuple):
             logits = logits[0]
