@@ -62,7 +62,8 @@ class LoggerConfig:
     entity: Optional[str] = None
     mode: str = "auto"  # auto (online if an API key is set, else offline) | online | offline | disabled
     group: Optional[str] = None  # default: the sweep folder name for multiruns, else "single"
-    tags: list = field(default_factory=list)
+    tags: list = field(default_factory=list)  # added to the task, model and method tags
+    log_adapter: bool = False  # log adapter.safetensors as a W&B artifact at the end of the run
 
 
 TRAINER_CHOICES = {

@@ -30,7 +30,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from lora_research import outputs
+from lora_research import distributed, outputs
 from lora_research.config import RunConfig
 from lora_research.methods import Method, count_parameters, get_method_class
 from lora_research.models import load_model, load_tokenizer, pick_device, resolve_family
@@ -99,7 +99,8 @@ class RunFolderCallback(TrainerCallback):
         prefix = f"eval_{split}_"
         record = {"epoch": round(state.epoch or 0.0, 4), "step": state.global_step, "split": split}
         record.update({k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)})
-        outputs.append_metrics(self.run_dir, record)
+        if state.is_world_process_zero:  # DDP: metrics are gathered; rank 0 writes them
+            outputs.append_metrics(self.run_dir, record)
         if split != self.main_split or self.task.main_metric not in record:
             return
         value = record[self.task.main_metric]
@@ -110,9 +111,10 @@ class RunFolderCallback(TrainerCallback):
         ):
             self.best = record
             meta = dict(self.adapter_metadata, best_epoch=record["epoch"], best_step=record["step"])
-            outputs.save_adapter(
-                self.run_dir / outputs.ADAPTER_FILE, self.method.trainable_state(self.model), meta
-            )
+            if state.is_world_process_zero:
+                outputs.save_adapter(
+                    self.run_dir / outputs.ADAPTER_FILE, self.method.trainable_state(self.model), meta
+                )
 
 
 def _training_arguments(run: RunConfig, run_dir: Path, device: torch.device) -> TrainingArguments:
@@ -234,7 +236,8 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
         loaded = load_init(model, run.init_from, family)
         log.info("init_from %s: %d tensors loaded", run.init_from, len(loaded))
     counts = count_parameters(model, family)
-    data = task.prepare(tokenizer, seed=run.seed)
+    with distributed.main_process_first():  # rank 0 writes the feature cache, the others read it
+        data = task.prepare(tokenizer, seed=run.seed)
     log.info(
         "%s | %s | %s: trainable %d (without head %d) of %d parameters; %d train examples",
         task.name, run.model.name, method.name, counts.trainable_params,
@@ -256,11 +259,11 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
     }
     main_split = next(iter(data.evals))
     callback = RunFolderCallback(run_dir, task, method, model, adapter_meta, tuple(data.evals))
-    callbacks = [callback, *extra_callbacks]
-    if tracker is not None and tracker.active:
-        from transformers.integrations import WandbCallback
+    from lora_research.preemption import PreemptionCallback
 
-        callbacks.append(WandbCallback())
+    callbacks = [callback, *extra_callbacks, PreemptionCallback()]
+    if tracker is not None and tracker.active:
+        callbacks.append(tracker.callback())
 
     args = _training_arguments(run, run_dir, device)
     trainer = RunTrainer(
@@ -275,14 +278,17 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
     resume = _resume_checkpoint(run, run_dir)
     if resume:
         step = int(Path(resume).name.split("-")[-1])
-        _drop_records_after(run_dir, step)
-        callback.reload_best()
+        with distributed.main_process_first():
+            if distributed.is_main():
+                _drop_records_after(run_dir, step)
+            callback.reload_best()
         log.info("resuming from %s", resume)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.time()
     train_result = trainer.train(resume_from_checkpoint=resume)
     runtime = time.time() - start
+    trainer.accelerator.wait_for_everyone()  # DDP: rank 0 has written every record
     records = outputs.read_metrics(run_dir)
     if not records or records[-1].get("step") != trainer.state.global_step:
         trainer.evaluate()  # make sure the final weights are evaluated once
@@ -323,14 +329,17 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
         "device": str(trainer.args.device),
+        "world_size": trainer.args.world_size,
+        "global_batch_size": t.batch_size * t.gradient_accumulation_steps * trainer.args.world_size,
         "resumed_from": resume,
         "command": command,
         "run_dir": str(run_dir),
         "versions": _versions(),
     }
-    outputs.atomic_write_json(run_dir / outputs.SUMMARY_FILE, summary)
-    if not t.keep_checkpoints:
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    if distributed.is_main():
+        outputs.atomic_write_json(run_dir / outputs.SUMMARY_FILE, summary)
+        if not t.keep_checkpoints:
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return summary
 
 
