@@ -71,6 +71,7 @@ def run(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
 def main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     run_dir = distributed.shared_run_dir(Path(hc.runtime.output_dir))
+    distributed.take_local_parallel_slot(cfg, hc)  # local_parallel: this job's share of CPUs / GPU
     group = hc.runtime.choices.get("experiment") or (Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else None)
     from lora_research.preemption import EXIT_PREEMPTED, Preempted
 

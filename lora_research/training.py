@@ -235,6 +235,7 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
     if run.init_from:
         loaded = load_init(model, run.init_from, family)
         log.info("init_from %s: %d tensors loaded", run.init_from, len(loaded))
+    distributed.mean_loss_per_batch(model)  # DDP / gradient accumulation scale the loss right
     counts = count_parameters(model, family)
     with distributed.main_process_first():  # rank 0 writes the feature cache, the others read it
         data = task.prepare(tokenizer, seed=run.seed)
