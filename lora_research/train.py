@@ -67,7 +67,7 @@ def run(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
     return summary
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@hydra.main(config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     run_dir = distributed.shared_run_dir(Path(hc.runtime.output_dir))
