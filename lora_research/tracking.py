@@ -174,6 +174,7 @@ def log_results_table(rows: list[dict], *, project: str, group: str, name: str =
     """Log a study's results (one dict per row, e.g. from ``lora_research.results``) as a W&B Table."""
     import wandb
 
+    os.environ.setdefault("WANDB_SILENT", "true")
     columns = sorted({k for r in rows for k in r})
     table = wandb.Table(columns=columns, data=[[_cell(r.get(c)) for c in columns] for r in rows])
     with wandb.init(project=project, entity=entity, group=group, job_type="results", name=name,
@@ -241,11 +242,20 @@ def read_offline_run(run_path: Path | str) -> dict:
         elif kind == "config":
             _config(out["config"], rec.config.update)
         elif kind == "history":
-            out["history"].append({i.key or ".".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item})
+            row: dict = {}
+            for i in rec.history.item:
+                _put(row, [i.key] if i.key else list(i.nested_key), json.loads(i.value_json))
+            out["history"].append(row)
         elif kind == "summary":
             for i in rec.summary.update:
-                out["summary"][i.key or ".".join(i.nested_key)] = json.loads(i.value_json)
+                _put(out["summary"], [i.key] if i.key else list(i.nested_key), json.loads(i.value_json))
     return out
+
+
+def _put(into: dict, keys: list, value) -> None:
+    for k in keys[:-1]:
+        into = into.setdefault(k, {})
+    into[keys[-1]] = value
 
 
 def _config(into: dict, items) -> None:

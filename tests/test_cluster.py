@@ -175,13 +175,14 @@ def test_torchrun_two_processes_equals_one_process_over_the_same_global_batches(
 # --- W&B ------------------------------------------------------------------------------------------
 
 def test_wandb_offline_run_reads_back(glue_env, tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
     from lora_research.tracking import read_offline_run
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no login → offline
     summary = run(compose(BASE + ["logger=wandb", "method.r=4", "trainer.epochs=1"]), tmp_path / "run", group="sweep-7")
+    wandb.teardown()  # the W&B service closes the run's file (as at process exit)
     (run_path,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
     back = read_offline_run(run_path)
 
@@ -202,12 +203,13 @@ def test_wandb_offline_run_reads_back(glue_env, tmp_path, monkeypatch):
 
 
 def test_results_table_logs_as_a_wandb_table(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
     from lora_research.tracking import log_results_table, read_offline_run
 
     monkeypatch.setenv("HOME", str(tmp_path))
     rows = [{"method": "lora r=8", "rte": 71.2, "params": 0.3}, {"method": "bitfit", "rte": 69.0, "params": 0.1}]
     log_results_table(rows, project="p", group="paper/table2_base", mode="offline", dir=str(tmp_path))
+    wandb.teardown()
     (run_path,) = (tmp_path / "wandb").glob("offline-run-*")
     back = read_offline_run(run_path)
     assert back["group"] == "paper/table2_base" and back["job_type"] == "results"
@@ -227,6 +229,8 @@ def test_slurm_preset_renders_the_sbatch_script_asked_for(glue_dir, tmp_path):
     stub.mkdir()
     (stub / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/submitted.sh\necho "no cluster here" >&2\nexit 1\n')
     (stub / "sbatch").chmod(0o755)
+    (stub / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit checks that srun exists
+    (stub / "srun").chmod(0o755)
     cmd = [sys.executable, "-m", "lora_research.train", "-m", "hydra/launcher=slurm", "model=tiny_bert", "task=rte",
            "logger=none", "method.r=1,2,4", "hydra.launcher.partition=gpu-long", "hydra.launcher.account=nlp-lab",
            "hydra.launcher.timeout_min=90", "hydra.launcher.mem_gb=24", "hydra.launcher.array_parallelism=2",
