@@ -275,8 +275,9 @@ def test_local_parallel_two_jobs_equal_running_them_one_by_one(glue_dir, glue_en
     proc = subprocess.run(cmd, cwd=REPO, env=_env(tmp_path, glue_dir), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in proc.stderr + proc.stdout
-    for seed, job in ((1, "0_seed=1"), (2, "1_seed=2")):
-        parallel = tmp_path / "sweep" / job
+    jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.name[0].isdigit())
+    assert [j.name[:2] for j in jobs] == ["0_", "1_"] and "seed=1" in jobs[0].name and "seed=2" in jobs[1].name
+    for seed, parallel in zip((1, 2), jobs):
         from omegaconf import OmegaConf
 
         assert OmegaConf.load(parallel / "config.yaml").trainer.threads == threads, "cores split between 2 jobs"
