@@ -1,11 +1,14 @@
 """Drop-in for the E2E challenge's ``measure_scores.py -p REF_FILE PRED_FILE``, printing JSON.
 
     python -m lora_research.e2e_metrics REF_FILE PRED_FILE [--metrics BLEU NIST ...] [--paper-scale]
+                                         [--nist paper|mteval]
 
 REF_FILE: references of one MR on consecutive lines, MRs separated by a blank line (LoRA's
 ``e2e_ref.txt``), or an E2E dataset CSV (``*.csv``, ``mr,ref`` rows). PRED_FILE: one prediction per
 line (LoRA's ``e2e_pred.txt``). Prints ``{"BLEU": ..., "NIST": ..., ...}`` (official scale; with
-``--paper-scale`` the LoRA paper's Table 3 scale). Exit status: 0 all metrics computed; 1 some
+``--paper-scale`` the LoRA paper's Table 3 scale) and, when NIST is computed, ``"nist_mode"``:
+``paper`` (default; ``measure_scores.py -p``, as the LoRA paper) or ``mteval`` (``--nist mteval``:
+the original mteval-v13a, the scorer's default without ``-p``). Exit status: 0 all metrics computed; 1 some
 metric failed (JSON still printed, with an ``"errors"`` entry, reason also on stderr); 2 bad usage
 or input (missing file, count mismatch...).
 """
@@ -17,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from lora_research.metrics.e2e import E2E_METRICS, ERRORS_KEY, score_e2e, to_paper_scale
+from lora_research.metrics.e2e import E2E_METRICS, ERRORS_KEY, NIST_MODES, score_e2e, to_paper_scale
 from lora_research.metrics.e2e_files import read_e2e_csv, read_prediction_file, read_reference_file
 
 
@@ -29,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"subset of {' '.join(E2E_METRICS)} (default: all)")
     parser.add_argument("--paper-scale", action="store_true",
                         help="BLEU, METEOR, ROUGE_L x100 (NIST, CIDEr raw), as in the LoRA paper's Table 3")
+    parser.add_argument("--nist", choices=NIST_MODES, default="paper",
+                        help="paper (default): measure_scores.py -p, as the LoRA paper; "
+                             "mteval: the original mteval-v13a (the scorer's default without -p)")
     args = parser.parse_args(argv)
 
     try:
@@ -45,13 +51,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{len(predictions)} predictions in {args.pred_file} but {len(references)} "
                 f"reference groups (MRs) in {args.ref_file}"
             )
-        scores = score_e2e(predictions, references, metrics=args.metrics)
+        scores = score_e2e(predictions, references, metrics=args.metrics, nist_mode=args.nist)
     except (ValueError, UnicodeDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
     if args.paper_scale:
         scores = to_paper_scale(scores)
+    if "NIST" in scores:
+        scores["nist_mode"] = args.nist
     print(json.dumps(scores, indent=2))
     for metric, message in scores.get(ERRORS_KEY, {}).items():
         print(f"error: {metric} not computed: {message}", file=sys.stderr)

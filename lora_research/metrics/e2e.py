@@ -5,7 +5,9 @@ Official scorer: tuetschek/e2e-metrics ``measure_scores.py -p`` (the command LoR
 reports
 
 * BLEU, NIST: its Python MT-Eval port (re-implemented in :mod:`lora_research.metrics.nist`),
-  on the raw texts with mteval-v13a tokenisation, case-insensitive;
+  on the raw texts with mteval-v13a tokenisation, case-insensitive. NIST has a second mode,
+  ``nist_mode="mteval"``: the original Perl mteval-v13a that the scorer runs without ``-p``
+  (:func:`lora_research.metrics.nist.mteval_pl_nist`; differs on small sets);
 * METEOR (1.5, ``-l en -norm``), ROUGE_L (LCS F-measure, beta = 1.2, per-segment max precision
   and max recall over the references, averaged over segments) and CIDEr (CIDEr-D, as in
   coco-caption): the MS-COCO caption evaluation code. Hypotheses and references are first
@@ -24,7 +26,7 @@ import shutil
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 
-from lora_research.metrics.nist import corpus_bleu, corpus_nist
+from lora_research.metrics.nist import NIST_MODES, check_nist_mode, corpus_bleu, corpus_nist
 
 E2E_METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
 COCO_METRICS = ("METEOR", "ROUGE_L", "CIDEr")
@@ -43,8 +45,12 @@ def score_e2e(
     references: Sequence[Sequence[str]],
     *,
     metrics: Iterable[str] = E2E_METRICS,
+    nist_mode: str = "paper",
 ) -> dict:
     """Score one prediction per MR against that MR's references, like ``measure_scores.py -p``.
+
+    ``nist_mode``: ``"paper"`` (default, ``-p``: pymteval, as the LoRA paper) or ``"mteval"``
+    (the original mteval-v13a, ``measure_scores.py`` without ``-p``); see :data:`NIST_MODES`.
 
     Returns ``{metric: float}`` on the official scale (BLEU 0-1, NIST raw, METEOR 0-1, ROUGE_L
     0-1, CIDEr raw) for the requested ``metrics``. Line breaks inside texts are replaced by
@@ -54,13 +60,14 @@ def score_e2e(
     gets an extra key ``"errors"``: ``{metric: message}``. Invalid inputs raise ``ValueError``.
     """
     metrics = _check_metrics(metrics)
+    check_nist_mode(nist_mode)
     predictions, references = _check_inputs(predictions, references)
     scores: dict = {}
     errors: dict[str, str] = {}
     if "BLEU" in metrics:
         scores["BLEU"] = corpus_bleu(predictions, references)
     if "NIST" in metrics:
-        scores["NIST"] = corpus_nist(predictions, references)
+        scores["NIST"] = corpus_nist(predictions, references, mode=nist_mode)
     coco = [m for m in COCO_METRICS if m in metrics]
     if coco:
         _coco_scores(predictions, references, coco, scores, errors)

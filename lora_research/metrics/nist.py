@@ -1,8 +1,13 @@
 """MT-Eval (mteval-v13a) tokenisation, BLEU and NIST as the E2E NLG Challenge scorer computes them.
 
-The official E2E scorer (tuetschek/e2e-metrics, ``measure_scores.py -p``) computes BLEU and NIST
-with its Python port of ``mteval-v13a.pl`` (``metrics/pymteval.py``). This module is an
-independent re-implementation of that definition; it must give the same numbers.
+The official E2E scorer (tuetschek/e2e-metrics ``measure_scores.py``) computes BLEU and NIST in
+one of two ways, both re-implemented here independently (:data:`NIST_MODES`):
+
+* ``paper`` (``measure_scores.py -p``, the command microsoft/LoRA's README runs, hence the LoRA
+  paper's numbers): its Python port of ``mteval-v13a.pl`` (``metrics/pymteval.py``). Formula below.
+* ``mteval`` (``measure_scores.py`` without ``-p``, the challenge's default): the original Perl
+  ``mteval-v13a-sig.pl`` itself. Differences: see :func:`mteval_pl_nist`. BLEU is the same in both
+  on real outputs, so only NIST has a mode.
 
 Tokenisation (:func:`mteval_tokenize`): mteval-v13a "basic" (non-international) tokenisation,
 case-insensitive matching (tokens are lowercased). An empty text becomes a single empty token
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import math
 import re
+import string
 from collections import Counter
 from collections.abc import Sequence
 
@@ -42,27 +48,61 @@ _PERIOD_COMMA_BEFORE_NONDIGIT = re.compile(r"([.,])([^0-9])")
 _DASH_AFTER_DIGIT = re.compile(r"([0-9])(-)")
 _SGML_ENTITIES = (("&quot;", '"'), ("&amp;", "&"), ("&lt;", "<"), ("&gt;", ">"))
 
+# Perl's \s on character strings (Python's \s also matches \x1c-\x1f).
+_PERL_SPACES = re.compile("[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+")
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)  # Perl's tr/A-Z/a-z/
+
 NIST_BETA = -math.log(0.5) / math.log(1.5) ** 2
+NIST_MODES = ("paper", "mteval")
+
+
+def check_nist_mode(mode: str) -> str:
+    """``mode`` if it is one of :data:`NIST_MODES`, else ``ValueError`` naming the choices."""
+    if mode not in NIST_MODES:
+        raise ValueError(f"NIST mode {mode!r} is not valid; valid choices: {list(NIST_MODES)}")
+    return mode
+
+
+def _split_punctuation(text: str) -> str:
+    """mteval-v13a's basic (non-international) punctuation rules, on a space-padded text."""
+    text = _ALWAYS_SPLIT.sub(r" \1 ", f" {text} ")
+    text = _PERIOD_COMMA_AFTER_NONDIGIT.sub(r"\1 \2 ", text)
+    text = _PERIOD_COMMA_BEFORE_NONDIGIT.sub(r" \1 \2", text)
+    return _DASH_AFTER_DIGIT.sub(r"\1 \2 ", text)
+
+
+def _unescape(text: str) -> str:
+    for entity, char in _SGML_ENTITIES:
+        text = text.replace(entity, char)
+    return text
 
 
 def mteval_tokenize(text: str) -> list[str]:
-    """Tokenise like mteval-v13a's basic tokenisation (as pymteval does) and lowercase.
+    """Tokenise like mteval-v13a's basic tokenisation as pymteval does (``paper`` mode), lowercased.
 
     Steps: drop ``<skipped>``; join hyphenated line breaks and lines; unescape the four SGML
     entities; split off ASCII punctuation other than ``' - . ,``; split off ``.``/``,`` unless
     preceded by a digit, and again unless followed by a digit; split ``-`` after a digit;
-    collapse whitespace. An empty text yields ``['']``.
+    collapse whitespace; lowercase (Unicode). An empty text yields ``['']``.
     """
     text = text.replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
-    for entity, char in _SGML_ENTITIES:
-        text = text.replace(entity, char)
-    text = f" {text} "
-    text = _ALWAYS_SPLIT.sub(r" \1 ", text)
-    text = _PERIOD_COMMA_AFTER_NONDIGIT.sub(r"\1 \2 ", text)
-    text = _PERIOD_COMMA_BEFORE_NONDIGIT.sub(r" \1 \2", text)
-    text = _DASH_AFTER_DIGIT.sub(r"\1 \2 ", text)
+    text = _split_punctuation(_unescape(text))
     text = re.sub(r"\s+", " ", text).strip()
     return [token.lower() for token in text.split(" ")]
+
+
+def mteval_pl_tokenize(text: str) -> list[str]:
+    """Tokenise as the original ``mteval-v13a.pl`` does (``mteval`` mode) on a scorer segment.
+
+    The scorer's SGML reader first joins each document's whitespace runs into one space (so a
+    line break inside a text is a space); then the same rules as :func:`mteval_tokenize`, except:
+    lowercasing is ASCII-only (``tr/A-Z/a-z/``: "É" stays "É"), whitespace is Perl's ``\s``, and
+    an empty text has no tokens (``[]``, length 0).
+    """
+    text = _PERL_SPACES.sub(" ", text).replace("<skipped>", "")
+    text = _split_punctuation(_unescape(text).translate(_ASCII_LOWER))
+    text = _PERL_SPACES.sub(" ", text).strip(" ")
+    return text.split(" ") if text else []
 
 
 def ngram_counts(tokens: Sequence[str], n: int) -> Counter:
@@ -78,14 +118,19 @@ def clipped_ngram_hits(hyp: Sequence[str], refs: Sequence[Sequence[str]], n: int
     return ngram_counts(hyp, n) & max_ref  # Counter intersection = element-wise min
 
 
-def corpus_nist(hypotheses: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 5) -> float:
-    """Corpus NIST of mteval-v13a as computed by the E2E scorer's pymteval (formula: module doc).
+def corpus_nist(
+    hypotheses: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 5, *, mode: str = "paper"
+) -> float:
+    """Corpus NIST as the E2E scorer computes it: ``mode="paper"`` (``-p``, pymteval; formula in
+    the module doc) or ``mode="mteval"`` (the original Perl mteval-v13a, :func:`mteval_pl_nist`).
 
     ``references[i]`` is the (non-empty) list of reference texts of ``hypotheses[i]``; the
     number of references may vary between segments.
     """
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference groups")
+    if check_nist_mode(mode) == "mteval":
+        return mteval_pl_nist(hypotheses, references, max_n)
     ref_counts: list[Counter] = [Counter() for _ in range(max_n + 1)]  # index 0: the empty n-gram
     hits: list[list[Counter]] = [[] for _ in range(max_n + 1)]
     sys_lengths = [0] * (max_n + 1)
@@ -112,6 +157,57 @@ def corpus_nist(hypotheses: Sequence[str], references: Sequence[Sequence[str]], 
         if sys_lengths[n] != 0:
             score += gained / sys_lengths[n]
     return nist_brevity_penalty(sys_len, ref_len) * score
+
+
+def mteval_pl_nist(hypotheses: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 5) -> float:
+    """Corpus NIST of the original ``mteval-v13a-sig.pl`` as ``measure_scores.py`` (no ``-p``) runs it.
+
+    Same definition as the module doc's (``paper``), except:
+
+    * tokens from :func:`mteval_pl_tokenize` (an empty output has 0 tokens, not 1; ASCII-only
+      lowercasing);
+    * the n-gram "length" of a segment is ``max(0, |hyp| - n + 1)`` and each order divides by
+      ``max(sum of lengths, 1)``;
+    * brevity: ``L_ref = (all reference tokens) / (mean number of references per segment)``
+      instead of the sum of per-segment mean reference lengths. The two agree when every MR has
+      the same number of references; E2E MRs have 2 to 16, so small sets differ most;
+    * info weights are the same counts over all references, with one Perl quirk kept: an n-gram
+      whose prefix is the single token ``0`` (Perl-false) is weighed against the total number of
+      reference tokens, like a unigram, instead of the prefix count.
+
+    The scorer pads MRs with fewer references with empty ones; those change none of the counts
+    (an empty reference is not counted as a reference). Raises ``ValueError`` if all references
+    are empty (mteval divides by zero).
+    """
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference groups")
+    hyps = [mteval_pl_tokenize(h) for h in hypotheses]
+    groups = [[mteval_pl_tokenize(r) for r in refs] for refs in references]
+    ref_ngrams: Counter = Counter()
+    ref_tokens = 0
+    for refs in groups:
+        for ref in refs:
+            ref_tokens += len(ref)
+            for n in range(1, max_n + 1):
+                ref_ngrams.update(ngram_counts(ref, n))
+    n_refs = sum(1 for refs in groups for ref in refs if ref)
+    if ref_tokens == 0:
+        raise ValueError("mteval NIST needs at least one non-empty reference (all references are empty)")
+
+    def info(ngram: tuple) -> float:
+        prefix = ngram[:-1]
+        total = ref_tokens if prefix in ((), ("0",)) else ref_ngrams[prefix]
+        return -math.log(ref_ngrams[ngram] / total) / math.log(2)
+
+    gained = [0.0] * (max_n + 1)
+    lengths = [0] * (max_n + 1)
+    for hyp, refs in zip(hyps, groups):
+        for n in range(1, max_n + 1):
+            lengths[n] += max(0, len(hyp) - n + 1)
+            gained[n] += sum(info(g) * c for g, c in clipped_ngram_hits(hyp, refs, n).items())
+    score = sum(gained[n] / max(lengths[n], 1) for n in range(1, max_n + 1))
+    mean_refs = n_refs / len(hyps)
+    return score * nist_brevity_penalty(lengths[1], ref_tokens / mean_refs)
 
 
 def nist_brevity_penalty(sys_len: float, ref_len: float) -> float:

@@ -6,7 +6,8 @@ decodes every unique MR of the eval split (or ``decode.max_mrs`` of them), write
 ``predictions.txt`` (one line per MR), ``references.txt`` (the MR's references on consecutive
 lines, a blank line between MRs: the official scorer's format) and ``predictions.jsonl``
 (MR, prediction, references) into the run folder, and scores them with
-:func:`lora_research.metrics.e2e.score_e2e` (BLEU, NIST, METEOR, ROUGE_L, CIDEr).
+:func:`lora_research.metrics.e2e.score_e2e` (BLEU, NIST, METEOR, ROUGE_L, CIDEr; ``task.nist``
+picks the NIST definition, recorded as ``nist_mode``).
 Scores are reported on the paper's Table 3 scale (BLEU, METEOR, ROUGE_L ×100).
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lora_research.decoding import DecodeConfig, check_decode_config, generate, settings_dict
+from lora_research.metrics.nist import NIST_MODES
 from lora_research.structured import as_dataclass
 from lora_research.tasks.base import Task, TaskData, register_task
 from lora_research.tasks.e2e import (
@@ -52,6 +54,7 @@ class E2ETaskConfig:
     eval_split: str = "dev"  # dev (devset.csv, 547 MRs) | test (testset_w_refs.csv, 630 MRs): per-epoch loss + decoding
     cache_dir: Optional[str] = None  # tokenised-feature cache (default ~/.cache/lora_research/features)
     decode: DecodeConfig = field(default_factory=DecodeConfig)  # decoding for final_evaluate (see decoding.py)
+    nist: str = "paper"  # paper: e2e-metrics -p (pymteval), as the LoRA paper | mteval: original mteval-v13a (metrics/nist.py)
 
 
 def _check(cfg: E2ETaskConfig) -> None:
@@ -61,6 +64,8 @@ def _check(cfg: E2ETaskConfig) -> None:
         raise ValueError(f"task.mr_style={cfg.mr_style!r} is not valid; valid choices: {list(MR_STYLES)}")
     if cfg.eval_split not in EVAL_SPLITS:
         raise ValueError(f"task.eval_split={cfg.eval_split!r} is not valid; valid choices: {list(EVAL_SPLITS)}")
+    if cfg.nist not in NIST_MODES:
+        raise ValueError(f"task.nist={cfg.nist!r} is not valid; valid choices: {list(NIST_MODES)}")
     check_decode_config(cfg.decode)
 
 
@@ -161,9 +166,10 @@ class E2ETask(Task):
                 "".join(json.dumps({"id": i, "mr": c, "prediction": p, "references": r}, ensure_ascii=False) + "\n"
                         for i, (c, p, r) in enumerate(zip(contexts, preds, refs))),
             )
-        official = score_e2e(preds, refs)
+        official = score_e2e(preds, refs, nist_mode=self.cfg.nist)
         paper = to_paper_scale(official)
         result: dict[str, Any] = {m: round(float(paper[m]), 4) for m in ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr") if m in paper}
+        result["nist_mode"] = self.cfg.nist
         result["scale"] = PAPER_SCALE_NOTE
         result["official_scale"] = {k: v for k, v in official.items() if k != "errors"}
         if "errors" in official:
