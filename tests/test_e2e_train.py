@@ -37,7 +37,7 @@ OVERRIDES = [
     "trainer.device=cpu", "trainer.max_steps=4", "trainer.batch_size=4", "trainer.eval_batch_size=16",
     "trainer.logging_steps=2", "task.max_train_samples=16", "task.max_eval_samples=3", "task.max_length=64",
     "task.cache_dir=__CACHE__", "task.decode.num_beams=2", "task.decode.max_new_tokens=6",
-    "method.r=2", "method.alpha=4",
+    "method.r=2", "method.alpha=4", "task.nist=mteval",
 ]
 
 
@@ -82,6 +82,10 @@ def test_train_writes_scores_and_official_files(e2e_run):
     lines = [json.loads(x) for x in (run_dir / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [x["mr"] for x in lines] == mrs and [x["prediction"] for x in lines] == preds[:-1]
     assert (run_dir / "adapter.safetensors").is_file() and (run_dir / "config.yaml").is_file()
+    from lora_research.metrics.nist import corpus_nist  # task.nist=mteval: the original mteval-v13a NIST
+
+    assert fe["nist_mode"] == "mteval"
+    assert fe["official_scale"]["NIST"] == corpus_nist(preds[:-1], refs, mode="mteval")
 
 
 @pytest.mark.slow
@@ -93,6 +97,7 @@ def test_evaluate_e2e_cli_redecodes_and_updates_summary(e2e_run, capsys):
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["num_mrs"] == 2 and out["decoding"]["strategy"] == "greedy" and out["decoding"]["num_beams"] == 1
+    assert out["nist_mode"] == "mteval"  # the run's task.nist
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["final_evaluation"]["num_mrs"] == 2 and s["metrics"] == summary["metrics"]
     assert len((run_dir / "predictions.txt").read_text().splitlines()) == 2

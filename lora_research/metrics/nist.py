@@ -110,12 +110,19 @@ def ngram_counts(tokens: Sequence[str], n: int) -> Counter:
     return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
 
 
-def clipped_ngram_hits(hyp: Sequence[str], refs: Sequence[Sequence[str]], n: int) -> Counter:
-    """Per n-gram hit counts: min(hyp count, max count in any single reference); zeros dropped."""
-    max_ref = Counter()
-    for ref in refs:
-        max_ref |= ngram_counts(ref, n)  # Counter union = element-wise max
-    return ngram_counts(hyp, n) & max_ref  # Counter intersection = element-wise min
+def clipped_ngram_hits(
+    hyp: Sequence[str], refs: Sequence[Sequence[str]], n: int, ref_counts: Sequence[Counter] | None = None
+) -> Counter:
+    """Per n-gram hit counts: min(hyp count, max count in any single reference); zeros dropped.
+
+    ``ref_counts``: the references' n-gram counts (:func:`ngram_counts`) if already computed.
+    """
+    max_ref: dict[tuple, int] = {}
+    for counts in ref_counts if ref_counts is not None else (ngram_counts(ref, n) for ref in refs):
+        for ngram, count in counts.items():
+            if count > max_ref.get(ngram, 0):
+                max_ref[ngram] = count
+    return Counter({g: min(c, max_ref[g]) for g, c in ngram_counts(hyp, n).items() if g in max_ref})
 
 
 def corpus_nist(
@@ -139,10 +146,11 @@ def corpus_nist(
         hyp = mteval_tokenize(hyp_text)
         refs = [mteval_tokenize(r) for r in ref_texts]
         for n in range(1, max_n + 1):
-            hits[n].append(clipped_ngram_hits(hyp, refs, n))
+            ref_ngrams = [ngram_counts(ref, n) for ref in refs]
+            hits[n].append(clipped_ngram_hits(hyp, refs, n, ref_ngrams))
             sys_lengths[n] += len(hyp) - n + 1
-            for ref in refs:
-                ref_counts[n].update(ngram_counts(ref, n))
+            for counts in ref_ngrams:
+                ref_counts[n].update(counts)
         total_ref_tokens = sum(len(r) for r in refs)
         ref_counts[0][()] += total_ref_tokens
         sys_len += len(hyp)
@@ -183,13 +191,17 @@ def mteval_pl_nist(hypotheses: Sequence[str], references: Sequence[Sequence[str]
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference groups")
     hyps = [mteval_pl_tokenize(h) for h in hypotheses]
     groups = [[mteval_pl_tokenize(r) for r in refs] for refs in references]
-    ref_ngrams: Counter = Counter()
-    ref_tokens = 0
-    for refs in groups:
-        for ref in refs:
-            ref_tokens += len(ref)
-            for n in range(1, max_n + 1):
-                ref_ngrams.update(ngram_counts(ref, n))
+    ref_ngrams: Counter = Counter()  # n-grams of every order, over all references
+    hits: list[list[Counter]] = [[] for _ in range(max_n + 1)]
+    lengths = [0] * (max_n + 1)
+    for hyp, refs in zip(hyps, groups):
+        for n in range(1, max_n + 1):
+            counts = [ngram_counts(ref, n) for ref in refs]
+            hits[n].append(clipped_ngram_hits(hyp, refs, n, counts))
+            lengths[n] += max(0, len(hyp) - n + 1)
+            for c in counts:
+                ref_ngrams.update(c)
+    ref_tokens = sum(len(ref) for refs in groups for ref in refs)
     n_refs = sum(1 for refs in groups for ref in refs if ref)
     if ref_tokens == 0:
         raise ValueError("mteval NIST needs at least one non-empty reference (all references are empty)")
@@ -199,12 +211,7 @@ def mteval_pl_nist(hypotheses: Sequence[str], references: Sequence[Sequence[str]
         total = ref_tokens if prefix in ((), ("0",)) else ref_ngrams[prefix]
         return -math.log(ref_ngrams[ngram] / total) / math.log(2)
 
-    gained = [0.0] * (max_n + 1)
-    lengths = [0] * (max_n + 1)
-    for hyp, refs in zip(hyps, groups):
-        for n in range(1, max_n + 1):
-            lengths[n] += max(0, len(hyp) - n + 1)
-            gained[n] += sum(info(g) * c for g, c in clipped_ngram_hits(hyp, refs, n).items())
+    gained = [sum(info(g) * c for seg_hits in hits[n] for g, c in seg_hits.items()) for n in range(max_n + 1)]
     score = sum(gained[n] / max(lengths[n], 1) for n in range(1, max_n + 1))
     mean_refs = n_refs / len(hyps)
     return score * nist_brevity_penalty(lengths[1], ref_tokens / mean_refs)
