@@ -2,7 +2,9 @@
 paper's pipeline) and ``mteval`` = the same scorer without ``-p`` (the original mteval-v13a Perl).
 
 Oracle: the official scorer, tuetschek/e2e-metrics at commit 1b9c4d8, run offline (its jars taken
-from the pycocoevalcap wheel, Debian's libxml-twig-perl for the Perl script), on the files below:
+from the pycocoevalcap wheel, Debian's libxml-twig-perl for the Perl script, pip's ``future``, and
+an empty stand-in for ``skimage.draw``, which pycocotools imports only to draw masks), on the
+files below (the dev cases written as a blank-line-separated REF file and a PRED file):
 
     python measure_scores.py -p REF PRED     # -> OFFICIAL[case]["-p"]
     python measure_scores.py REF PRED        # -> OFFICIAL[case]["default"]
