@@ -168,7 +168,8 @@ class _PrefixMethod(Method):
         if args:  # Hugging Face forward: the first positional argument is input_ids
             kwargs["input_ids"], args = args[0], args[1:]
         l_p, l_i = self.cfg.prefix_len, self.cfg.infix_len
-        past = kwargs.get("past_key_values")
+        # the key/value cache: ``cache`` since transformers 5.2x, ``past_key_values`` before
+        past = kwargs.get("cache", kwargs.get("past_key_values"))
         past_len = past.get_seq_length() if past is not None and hasattr(past, "get_seq_length") else 0
         mask = kwargs.get("attention_mask")
         if mask is not None and mask.dim() != 2:
