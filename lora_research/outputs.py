@@ -11,17 +11,10 @@
       checkpoints/           trainer checkpoints (resume); deleted at the end unless kept
       error.json             only when the run failed: the exception and traceback
 
-``adapter.safetensors`` format ``lora_research.adapter/1``: tensors by parameter name (LoRA:
-``<module>.lora_A.<matrix>`` (r, k) and ``<module>.lora_B.<matrix>`` (d, r)); string metadata
-``format``, ``method``, ``base_model``, ``model_family``, ``r``, ``alpha``, ``scaling``, ``config``
-(the method config as JSON) and ``index``: a JSON list, one entry per adapted matrix::
-
-    {"layer": 3, "matrix": "q", "module": "bert.encoder.layer.3.attention.self.query",
-     "A": "<key>", "B": "<key>", "r": 8, "alpha": 16.0, "scaling": 2.0,
-     "out_slice": null | [start, stop], "base_shape": [out, in]}
-
-(full fine-tuning entries carry ``"W": "<key>"`` — the fine-tuned matrix — instead of A/B).
-ΔW of an entry, in the module's (out, in) orientation on rows ``out_slice``, is ``scaling·B@A``.
+``adapter.safetensors`` (format ``lora_research.adapter/2``: tensors, base-model identity, checksum
+and an index of every adapted matrix) is owned by :mod:`lora_research.adapter_file`, which writes,
+reads and verifies it and computes each entry's ΔW; :func:`save_adapter` / :func:`load_adapter_file`
+here are its run-folder entry points.
 Every write goes to a temporary file in the same folder and is moved into place with
 ``os.replace``, so a killed run never leaves a half-written file.
 """
@@ -35,7 +28,7 @@ from typing import Any, Iterable
 
 import torch
 
-ADAPTER_FORMAT = "lora_research.adapter/1"
+ADAPTER_FORMAT = "lora_research.adapter/2"  # lora_research.adapter_file.FORMAT (its owner)
 ADAPTER_FILE = "adapter.safetensors"
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
@@ -98,34 +91,18 @@ def append_metrics(run_dir: Path | str, record: dict) -> None:
 
 
 def save_adapter(path: Path | str, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
-    """Write ``adapter.safetensors``: tensors plus string metadata (non-strings as JSON)."""
-    from safetensors.torch import save_file
+    """Write ``adapter.safetensors`` (its format is owned by :func:`lora_research.adapter_file.save`)."""
+    from lora_research import adapter_file
 
-    meta = {"format": ADAPTER_FORMAT}
-    meta.update({k: v if isinstance(v, str) else json.dumps(v, default=_json_default) for k, v in metadata.items()})
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    return atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return adapter_file.save(path, tensors, metadata)
 
 
 def load_adapter_file(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read ``adapter.safetensors`` back: (tensors, metadata with JSON values decoded)."""
-    from safetensors import safe_open
+    """Read and verify ``adapter.safetensors`` of a run folder (or a file): (tensors, metadata);
+    see :func:`lora_research.adapter_file.read`."""
+    from lora_research import adapter_file
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / ADAPTER_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"no adapter file at {path}")
-    with safe_open(str(path), framework="pt") as f:
-        raw = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    meta = {}
-    for k, v in raw.items():
-        try:
-            meta[k] = json.loads(v)
-        except (json.JSONDecodeError, TypeError):
-            meta[k] = v
-    return tensors, meta
+    return adapter_file.load(path)
 
 
 def best_record(records: Iterable[dict], key: str, greater_is_better: bool = True) -> dict | None:

@@ -30,11 +30,10 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from lora_research import distributed, outputs
+from lora_research import adapter_file, distributed, outputs
 from lora_research.config import RunConfig
 from lora_research.methods import Method, count_parameters, get_method_class
 from lora_research.models import load_model, load_tokenizer, pick_device, resolve_family
-from lora_research.targets import is_head_parameter
 from lora_research.tasks import Task, build_task
 
 log = logging.getLogger(__name__)
@@ -112,9 +111,7 @@ class RunFolderCallback(TrainerCallback):
             self.best = record
             meta = dict(self.adapter_metadata, best_epoch=record["epoch"], best_step=record["step"])
             if state.is_world_process_zero:
-                outputs.save_adapter(
-                    self.run_dir / outputs.ADAPTER_FILE, self.method.trainable_state(self.model), meta
-                )
+                adapter_file.save_run_adapter(self.run_dir / outputs.ADAPTER_FILE, self.method, self.model, meta)
 
 
 def _training_arguments(run: RunConfig, run_dir: Path, device: torch.device) -> TrainingArguments:
@@ -180,29 +177,14 @@ def _drop_records_after(run_dir: Path, step: int) -> None:
         )
 
 
-def load_init(model, source: str, family) -> list[str]:
+def load_init(model, source: str, family, base=None) -> list[str]:
     """Start the method's tensors from another run (paper D.1: MRPC/RTE/STS-B from the MNLI LoRA).
 
-    Loads every non-head tensor of ``source`` (run folder or adapter.safetensors) whose name and
-    shape match a trainable parameter; the task head is never copied (its label count differs).
+    ``source``: a run folder, an ``adapter.safetensors`` or a PEFT LoRA folder; every non-head
+    tensor whose name and shape match a trainable parameter is loaded (the head never: its label
+    count differs). See :func:`lora_research.adapter_file.init_from`.
     """
-    tensors, _ = outputs.load_adapter_file(source)
-    params = dict(model.named_parameters())
-    loaded = []
-    with torch.no_grad():
-        for name, value in tensors.items():
-            if is_head_parameter(name, family):
-                continue
-            p = params.get(name)
-            if p is not None and p.requires_grad and tuple(p.shape) == tuple(value.shape):
-                p.copy_(value)
-                loaded.append(name)
-    if not loaded:
-        raise ValueError(
-            f"init_from={source!r}: no tensor matches this run's trainable parameters "
-            "(different method, targets, rank or model?)"
-        )
-    return loaded
+    return adapter_file.init_from(model, source, family, base=base)
 
 
 def _peak_rss_mb() -> float:
@@ -230,10 +212,12 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
     task = build_task(run.task)
     tokenizer = load_tokenizer(run.model)
     model = load_model(run.model, head=task.head, num_labels=task.num_labels, problem_type=task.problem_type)
+    base_identity = adapter_file.identify_base(model, family, run.model, head=task.head, num_labels=task.num_labels,
+                                               problem_type=task.problem_type, seed=run.seed)
     method = get_method_class(run.method.name)(run.method)
     method.apply(model, family)
     if run.init_from:
-        loaded = load_init(model, run.init_from, family)
+        loaded = load_init(model, run.init_from, family, base=base_identity)
         log.info("init_from %s: %d tensors loaded", run.init_from, len(loaded))
     distributed.mean_loss_per_batch(model)  # DDP / gradient accumulation scale the loss right
     counts = count_parameters(model, family)
@@ -248,6 +232,7 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
     index = method.analysis_index(model)
     adapter_meta = {
         "method": method.name,
+        "base": base_identity,
         "base_model": run.model.name_or_path,
         "model_family": family.name,
         "task": task.name,
@@ -361,15 +346,27 @@ def _restore_best(model, method: Method, run_dir: Path) -> bool:
     path = run_dir / outputs.ADAPTER_FILE
     if not path.exists():
         return False
-    tensors, _ = outputs.load_adapter_file(path)
-    params = dict(model.named_parameters())
-    trainable = {n for n, p in params.items() if p.requires_grad}
-    if not trainable <= set(tensors):
+    tensors = adapter_file.read(path).tensors
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    if not set(trainable) <= set(tensors):
         return False
-    with torch.no_grad():
-        for n in trainable:
-            params[n].copy_(tensors[n])
+    adapter_file.load_into(model, tensors, trainable, path)
     return True
+
+
+def _check_base(run_dir: Path, model, family) -> None:
+    """Refuse to rebuild a run on a base model other than the one its adapter was trained on."""
+    path = run_dir / outputs.ADAPTER_FILE
+    if not path.exists():
+        return
+    recorded = adapter_file.read(path).base
+    if recorded.weights:
+        _, weights = adapter_file.fingerprint(model, family)
+        if weights != recorded.weights:
+            raise ValueError(
+                f"{path}: the base model {recorded.name_or_path!r} loaded now is not the one this run was trained on "
+                f"(weights fingerprint {weights[:10]} != {recorded.weights[:10]}); its checkpoint changed since training"
+            )
 
 
 def _asdict(cfg) -> dict:
@@ -406,6 +403,7 @@ def restore_run(run_dir, *, device: str = "cpu", weights: str = "best"):
     tokenizer = load_tokenizer(run.model)
     set_seed(run.seed)
     model = load_model(run.model, head=task.head, num_labels=task.num_labels, problem_type=task.problem_type)
+    _check_base(run_dir, model, family)
     method = get_method_class(run.method.name)(run.method)
     method.apply(model, family)
     if weights == "best" and not _restore_best(model, method, run_dir):

@@ -7,7 +7,8 @@ from hypothesis import given, settings, strategies as st
 
 from lora_research.analysis.amplification import (
     amplification, amplification_table, projection_norm, random_frames, weight_delta_phi_grid)
-from lora_research.analysis.deltas import delta_w, dict_base_loader, load_adapter, synthetic_run
+from _adapter_fixtures import synthetic_run
+from lora_research.analysis.deltas import delta_w, dict_base_loader, load_adapter
 from lora_research.analysis.subspace import lowrank_svd
 
 FAST = settings(max_examples=20, deadline=None)

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from lora_research.analysis.__main__ import main
-from lora_research.analysis.deltas import synthetic_run
+from _adapter_fixtures import synthetic_run
 
 D, LAYERS = 24, 3
 REPO = Path(__file__).resolve().parents[1]

@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from _adapter_fixtures import synthetic_run, write_adapter
 from lora_research.analysis.deltas import (
-    FORMAT, delta_w, dict_base_loader, load_adapter, load_base_weights, safetensors_base_loader,
-    synthetic_run, write_adapter)
+    FORMAT, delta_w, dict_base_loader, load_adapter, load_base_weights, safetensors_base_loader)
 
 
 def randn(*shape, seed=0):

@@ -6,7 +6,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from lora_research.analysis import spectra, subspace
-from lora_research.analysis.deltas import delta_w, load_adapter, synthetic_run
+from _adapter_fixtures import synthetic_run
+from lora_research.analysis.deltas import delta_w, load_adapter
 from lora_research.analysis.subspace import (
     expected_random_phi, lowrank_svd, phi, phi_grid, phi_grid_from_bases, random_phi_grid,
     right_singular_basis)

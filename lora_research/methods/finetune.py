@@ -3,19 +3,22 @@
 * ``full_ft`` (FT): every parameter is trained.
 * ``ft_top2`` (FT^Top2, Li & Liang 2021): only the last two transformer blocks (and the head).
 
-A full-FT run saves, for the Section 7 analysis, the fine-tuned weights of the matrices named by
-``analysis_targets`` (ΔW = W_ft − W0 is taken against the pretrained weights later), plus the
-head; the whole model lives in the trainer checkpoints, not in ``adapter.safetensors``.
+A run's ``adapter.safetensors`` keeps every trained parameter *whole* (all of them for FT, the top
+blocks and the head for FT^Top2), so the fine-tuned model survives the run (``python -m
+lora_research.export RUN --to merged`` writes it as a plain Hugging Face folder). Whole rather than
+as a delta against the base: a dense delta is no smaller, and W_ft itself is exact, while
+W0 + (W_ft − W0) is not in floating point. The analysis index names the weights of the matrices in
+``analysis_targets``; ΔW = W_ft − W0 is taken against the pretrained weights (whose fingerprint the
+file records) when needed.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 import torch.nn as nn
 
 from lora_research.methods.base import Method, freeze, register_method, unfreeze_head
-from lora_research.targets import FamilySpec, find_layers, is_conv1d, is_head_parameter, module_shape, resolve_targets
+from lora_research.targets import FamilySpec, find_layers, is_conv1d, module_shape, resolve_targets
 
 
 @dataclass
@@ -49,34 +52,21 @@ class FullFineTuning(Method):
         self.targets = resolve_targets(model, family, self.cfg.analysis_targets)
         return model
 
-    def _target_weight(self, model: nn.Module, t) -> torch.Tensor:
-        w = model.get_submodule(t.module).weight.detach()
-        if is_conv1d(model.get_submodule(t.module)):
-            w = w.T
-        if t.out_slice is not None:
-            w = w[t.out_slice[0] : t.out_slice[1]]
-        return w.cpu().contiguous()
-
-    def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """Target matrices (for ΔW) and head only: the full model is in the checkpoints."""
-        state = {f"{t.module}.weight_ft.{t.matrix}": self._target_weight(model, t) for t in self.targets}
-        state.update(
-            {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if is_head_parameter(n, self.family)}
-        )
-        return state
-
     def analysis_index(self, model: nn.Module) -> list[dict]:
         return [
             {
                 "layer": t.layer,
                 "matrix": t.matrix,
                 "module": t.module,
-                "W": f"{t.module}.weight_ft.{t.matrix}",
+                "kind": "full",
+                "W": f"{t.module}.weight",  # the trained parameter itself, as the model holds it
+                "W_layout": "module",
                 "r": None,
                 "alpha": None,
                 "scaling": None,
                 "out_slice": None if t.out_slice is None else list(t.out_slice),
                 "base_shape": list(module_shape(model.get_submodule(t.module))),
+                "fan_in_fan_out": is_conv1d(model.get_submodule(t.module)),
             }
             for t in self.targets
         ]

@@ -41,7 +41,10 @@ Variants (options of ``method=lora``; all keep ``lora_A.<matrix>``/``lora_B.<mat
   Merging gives W_res + s·BA. The base weights of the model are therefore modified: the analysis
   index marks such entries with ``"pissa": true`` (ΔW relative to the pretrained W0 is
   s·(B A − B0 A0), not s·B A; ``extra_state`` saves B0, A0 as ``lora_B0.<m>``/``lora_A0.<m>``,
-  named by the index keys ``"A0"``/``"B0"``). On fused GPT-2 slices the SVD is taken per slice.
+  named by the index keys ``"A0"``/``"B0"``, and the run's ``adapter.safetensors`` holds them).
+  On fused GPT-2 slices the SVD is taken per slice.
+
+The ΔW of every variant, as the adapter file computes it: :func:`lora_research.adapter_file.delta`.
 """
 from __future__ import annotations
 
@@ -368,6 +371,7 @@ class LoRA(Method):
                     "layer": t.layer,
                     "matrix": t.matrix,
                     "module": t.module,
+                    "kind": "lowrank",
                     "A": f"{t.module}.lora_A.{t.matrix}",
                     "B": f"{t.module}.lora_B.{t.matrix}",
                     "r": mod.ranks[t.matrix],
@@ -375,6 +379,7 @@ class LoRA(Method):
                     "scaling": mod.scaling[t.matrix],
                     "out_slice": None if t.out_slice is None else [start, stop],
                     "base_shape": [mod.out_features, mod.in_features],
+                    "fan_in_fan_out": mod.fan_in_fan_out,
                 }
             )
             if mod.use_dora:  # extra keys only for the variants; plain LoRA entries are unchanged
