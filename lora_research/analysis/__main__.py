@@ -25,7 +25,7 @@ from . import spectra as spec
 from . import subspace as sub
 from lora_research.outputs import atomic_write_text
 
-from .deltas import AdapterRecord, load_adapter, load_base_weights, safetensors_base_loader
+from .deltas import AdapterRecord, check_same_base, load_adapter, load_base_weights, safetensors_base_loader
 
 
 def _ints(text):
@@ -84,11 +84,20 @@ def _run_info(rec: AdapterRecord):
 def _check_lora(source, *recs):
     for rec in recs:
         if source in ("A", "B") and not rec.is_lora:
-            raise SystemExit(f"{rec.path}: method {rec.method} has no A/B factors; use --source delta_in|delta_out")
+            raise SystemExit(f"{rec.path}: the ΔW of this {rec.method} run is not s·B·A (full FT, DoRA or PiSSA), so "
+                             "A/B alone do not describe it; use --source delta_in|delta_out")
+
+
+def _check_bases(args, *recs):
+    """ΔW of adapters trained on different base models are not comparable (unless --allow-different-bases)."""
+    why = check_same_base(list(recs), allow=args.allow_different_bases)
+    if why:
+        print(f"warning: comparing adapters of different base models ({why})", file=sys.stderr)
 
 
 def cmd_figures(args) -> int:
     a, b = load_adapter(args.run_a), load_adapter(args.run_b)
+    _check_bases(args, a, b)
     _check_lora(args.source, a, b)
     ra, rb = (a.ranks or [0])[0], (b.ranks or [0])[0]
     kind = "rank" if ra != rb else "seed"
@@ -121,6 +130,7 @@ def cmd_figures(args) -> int:
 
 def cmd_phi(args) -> int:
     a, b = load_adapter(args.run_a), load_adapter(args.run_b)
+    _check_bases(args, a, b)
     _check_lora(args.source, a, b)
     grids = sub.compare_runs(a, b, [args.layer], [args.matrix], args.source)
     if not grids:
@@ -185,6 +195,7 @@ SPEC_FIELDS = ["run", "layer", "matrix", "method", "r", "fro", "effective_rank",
 
 def cmd_spectra(args) -> int:
     recs = [load_adapter(p) for p in args.runs]
+    _check_bases(args, *recs)
     layers, mats = _ints(args.layer), _strs(args.matrices)
     rows, loaders = [], {}
     for rec in recs:
@@ -234,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp, out):
         sp.add_argument("--out", default=f"results/section7/{out}", help="output folder (default: %(default)s)")
         sp.add_argument("--seed", type=int, default=0, help="seed of the random controls")
+        sp.add_argument("--allow-different-bases", action="store_true",
+                        help="compare adapters whose base models differ (refused by default: their ΔW are not comparable)")
 
     f = subs.add_parser("figures", help="Fig. 3/6 (different r) or Fig. 4/7 (same r, two seeds) φ heatmaps")
     f.add_argument("run_a"), f.add_argument("run_b")
