@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 ANALYSIS = REPO / "analysis"
 NOTEBOOKS = sorted(p.name for p in ANALYSIS.glob("*.ipynb"))
 #: notebooks executed by their own test (they need other inputs than the Section 7 runs)
-DEDICATED = {"sweeps.ipynb": "tests/test_sweeps_notebook.py"}
+DEDICATED = {"sweeps.ipynb": "tests/test_results_store.py"}
 #: lines each notebook must print on the runs made here (besides running without error)
 EXPECT = {
     "section7_walkthrough.ipynb": ["REAL RUNS from", "Fig. 3: matches", "Fig. 4: matches",

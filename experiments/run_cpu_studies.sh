@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The CPU reproductions of paper Tables 2, 3, 5, 6 and 18 (issue #8): every study preset, then its table.
+#
+#   bash experiments/run_cpu_studies.sh [study ...]     # default: all, in the order below
+#   e.g. bash experiments/run_cpu_studies.sh table5 table6
+#
+# Each study: the learning-rate search its rows need (once), the presets regenerated from the chosen lr
+# (experiments/make_study_presets.py reads results/cpu/lr_search_*.csv), the sweep into outputs/cpu/<study>,
+# then `python -m lora_research.results ... --layout <study> --out results/cpu/<study>.md` (+ .csv, .png).
+# Every command and its wall time go to results/cpu/<study>.command. Jobs run two at a time
+# (hydra/launcher=local_parallel: one torch thread each on a 2-core machine).
+#
+# Sizes (2 cores, shared): table5 21 jobs, ~25 min; table6 45 jobs, ~55 min; table2 120 jobs (+32 search), ~6 h;
+# table3 16 jobs (+24 search) and table18 14 jobs: hours each (beam 10 on 100 MRs of SmolLM2 on CPU).
+# A killed sweep resumes: run the same line again (finished jobs are redone; use hydra.sweep.dir of a
+# single job with its overrides to resume only that one).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -d .venv ] && . .venv/bin/activate
+export GLUE_DIR="${GLUE_DIR:-$(cd .. && pwd)/shared/data/glue}"
+export E2E_DIR="${E2E_DIR:-$(cd .. && pwd)/shared/data/e2e}"
+OUT=outputs/cpu
+RES=results/cpu
+PAR="hydra/launcher=local_parallel hydra.launcher.n_jobs=2 logger=none"
+mkdir -p "$OUT" "$RES"
+
+run() {  # run <name> <command...>: the command, logged with its wall time into results/cpu/<name>.command
+  local name=$1; shift
+  local start; start=$(date +%s)
+  echo "+ $*"
+  "$@"
+  local wall=$(( $(date +%s) - start ))
+  printf '%s\n# wall time: %ss (%s), %s\n' "$*" "$wall" "$(date -u +%FT%TZ)" "$(nproc) cores" >> "$RES/$name.command"
+}
+
+search() {  # search <preset>: the recorded lr search, once; then regenerate the presets from its choice
+  local s=$1
+  if [ ! -f "$RES/$s.csv" ]; then
+    : > "$RES/$s.command"
+    run "$s" python -m lora_research.train -m experiment=cpu/$s $PAR hydra.sweep.dir=$OUT/$s
+    run "$s" python -m lora_research.results $OUT/$s --layout lr_search --out $RES/$s.md
+  fi
+  python experiments/make_study_presets.py
+}
+
+study() {  # study <name> [layout]
+  local s=$1 layout=${2:-$1}
+  : > "$RES/$s.command"
+  run "$s" python -m lora_research.train -m experiment=cpu/$s $PAR hydra.sweep.dir=$OUT/$s
+  run "$s" python -m lora_research.results $OUT/$s --layout "$layout" --out $RES/$s.md
+}
+
+studies=("$@")
+[ ${#studies[@]} -eq 0 ] && studies=(table5 table6 table2 table3 table18)
+for s in "${studies[@]}"; do
+  case $s in
+    table5|table6) search lr_search_rank; study "$s" ;;
+    table2)        search lr_search_glue; study table2 ;;
+    table3)        search lr_search_e2e;  study table3 ;;
+    table18)       search lr_search_e2e;  study table18 ;;
+    *) echo "unknown study $s (table2 table3 table5 table6 table18)" >&2; exit 2 ;;
+  esac
+done
