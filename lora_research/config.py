@@ -86,10 +86,25 @@ class RunConfig:
     seed: int = 0
     init_from: Optional[str] = None  # run folder / adapter.safetensors to start the method's weights from
     raw: Optional[DictConfig] = None  # the composed config as Hydra gave it
+    fingerprint: Optional[str] = None  # outputs.fingerprint of the resolved config (set by train.run)
+
+
+def _one_line_config_error(e: Exception, group: str) -> ValueError:
+    """A schema error (omegaconf's are several lines) as one line naming ``group.key``, the value, what is valid."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    src = e if isinstance(e, OmegaConfBaseException) else getattr(e, "__context__", None)
+    if isinstance(src, OmegaConfBaseException) and getattr(src, "full_key", None):
+        msg = str(getattr(src, "msg", "") or src).splitlines()[0]
+        return ValueError(f"{group}.{src.full_key}: {msg} (invalid value in {group!r} config)")
+    return ValueError(" ".join(str(e).split()))
 
 
 def _as_schema(schema: type, node: Any, group: str):
-    return as_dataclass(schema, node, f"in {group!r} config")
+    try:
+        return as_dataclass(schema, node, f"in {group!r} config")
+    except ValueError as e:
+        raise _one_line_config_error(e, group) from None
 
 
 def _check_choice(group: str, key: str, value: Any, choices) -> None:
@@ -97,32 +112,132 @@ def _check_choice(group: str, key: str, value: Any, choices) -> None:
         raise ValueError(f"{group}.{key}={value!r} is not valid; valid choices: {list(choices)}")
 
 
+def _finite(x) -> bool:
+    import math
+
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def check_trainer(t: TrainerConfig) -> None:
+    """Values that would crash late, train nothing, or silently do something else: fail now, one line each."""
+    for key, choices in TRAINER_CHOICES.items():
+        _check_choice("trainer", key, getattr(t, key), choices)
+    for key in ("lr", "epochs", "weight_decay", "warmup_ratio", "adam_beta2", "adam_epsilon", "max_grad_norm",
+                "label_smoothing"):
+        if not _finite(getattr(t, key)):
+            raise ValueError(f"trainer.{key}={getattr(t, key)!r} is not valid; valid: a finite number")
+    if t.batch_size < 1 or t.eval_batch_size < 1:
+        bad = "batch_size" if t.batch_size < 1 else "eval_batch_size"
+        raise ValueError(f"trainer.{bad}={getattr(t, bad)} is not valid; valid: integers >= 1")
+    if t.gradient_accumulation_steps < 1:
+        raise ValueError(f"trainer.gradient_accumulation_steps={t.gradient_accumulation_steps} is not valid; "
+                         "valid: integers >= 1 (1 = no accumulation)")
+    if t.lr <= 0:
+        raise ValueError(f"trainer.lr={t.lr} is not valid; valid: a learning rate > 0 (e.g. 4e-4)")
+    if t.epochs < 0:
+        raise ValueError(f"trainer.epochs={t.epochs} is not valid; valid: a number > 0")
+    if t.max_steps == 0 or t.max_steps < -1:
+        raise ValueError(f"trainer.max_steps={t.max_steps} would train {'zero' if t.max_steps == 0 else 'no'} steps; "
+                         "valid: -1 (no cap: train trainer.epochs) or a positive number of steps")
+    if t.max_steps == -1 and t.epochs == 0:
+        raise ValueError("trainer.epochs=0 with trainer.max_steps=-1 trains zero steps; valid: trainer.epochs > 0 "
+                         "or trainer.max_steps > 0")
+    if not 0 <= t.warmup_ratio < 1:
+        raise ValueError(f"trainer.warmup_ratio={t.warmup_ratio} is not valid; valid: 0 <= warmup_ratio < 1")
+    if t.warmup_steps < 0:
+        raise ValueError(f"trainer.warmup_steps={t.warmup_steps} is not valid; valid: integers >= 0")
+    if t.max_grad_norm < 0:
+        raise ValueError(f"trainer.max_grad_norm={t.max_grad_norm} is not valid; valid: >= 0 (0 disables clipping)")
+    if not 0 <= t.label_smoothing < 1:
+        raise ValueError(f"trainer.label_smoothing={t.label_smoothing} is not valid; valid: 0 <= label_smoothing < 1")
+    if not 0 < t.adam_beta2 < 1:
+        raise ValueError(f"trainer.adam_beta2={t.adam_beta2} is not valid; valid: 0 < adam_beta2 < 1")
+    if t.eval_strategy == "steps" and t.eval_steps < 1:
+        raise ValueError(f"trainer.eval_strategy=steps needs trainer.eval_steps >= 1 (got {t.eval_steps})")
+    if t.logging_steps < 1:
+        raise ValueError(f"trainer.logging_steps={t.logging_steps} is not valid; valid: integers >= 1")
+    if t.save_total_limit < 1:
+        raise ValueError(f"trainer.save_total_limit={t.save_total_limit} is not valid; valid: integers >= 1 "
+                         "(checkpoints kept for resume)")
+    if t.num_workers < 0 or t.threads < 0:
+        bad = "num_workers" if t.num_workers < 0 else "threads"
+        raise ValueError(f"trainer.{bad}={getattr(t, bad)} is not valid; valid: integers >= 0")
+    from transformers import SchedulerType
+
+    schedulers = [s.value for s in SchedulerType]
+    if t.lr_scheduler not in schedulers:
+        raise ValueError(f"trainer.lr_scheduler={t.lr_scheduler!r} is not valid; valid choices: {schedulers}")
+
+
+def check_task_sizes(task_cfg: Any) -> None:
+    """Subset sizes that leave nothing to train or evaluate on fail before anything loads."""
+    for key in ("max_train_samples", "max_eval_samples"):
+        n = getattr(task_cfg, key, None)
+        if n is not None and n < 1:
+            what = "training" if key == "max_train_samples" else "evaluation"
+            raise ValueError(f"task.{key}={n} leaves no {what} examples; valid: null (all) or an integer >= 1")
+
+
+def check_method_inert(method_cfg: Any) -> None:
+    """Method settings under which the method cannot learn anything (only the head would): refuse them."""
+    name = getattr(method_cfg, "name", "?")
+    alpha = getattr(method_cfg, "alpha", None)
+    if alpha is not None and _finite(alpha) and alpha == 0:
+        raise ValueError(f"method.alpha=0 makes the {name} scaling alpha/r = 0: the update is always zero and only "
+                         "the head learns; valid: alpha != 0 (e.g. 8 or 16)")
+    if alpha is not None and not _finite(alpha):
+        raise ValueError(f"method.alpha={alpha!r} is not valid; valid: a finite number != 0")
+    for key in ("dropout",):
+        p = getattr(method_cfg, key, None)
+        if p is not None and (not _finite(p) or not 0 <= p < 1):
+            extra = " (1 drops every input of the update: it never learns)" if p == 1 else ""
+            raise ValueError(f"method.{key}={p!r} is not valid{extra}; valid: 0 <= {key} < 1")
+    d = getattr(method_cfg, "d_initial", None)
+    if name == "vera" and d is not None and d == 0:
+        raise ValueError("method.d_initial=0 with b initialised to 0 makes every VeRA gradient zero: nothing "
+                         "learns; valid: d_initial != 0 (e.g. 0.1)")
+
+
 def validate(cfg: DictConfig) -> RunConfig:
     """Check the composed config group by group; raise ``ValueError`` on the first problem.
 
     The task and the method are asked whether they fit the model's family (its heads, its matrices).
+    Every message is one line naming the key, the value and what is valid.
     """
-    known_top = {"model", "task", "method", "trainer", "logger", "seed", "init_from", "hydra", "experiment_name"}
+    known_top = {"model", "task", "method", "trainer", "logger", "seed", "init_from", "hydra", "experiment_name",
+                 "overwrite"}
     unknown = sorted(set(cfg.keys()) - known_top)
     if unknown:
         raise ValueError(f"unknown top-level key(s) {unknown}; valid keys: {sorted(known_top)}")
+    seed = cfg.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed={seed!r} is not valid; valid: an integer (e.g. seed=1)")
+    overwrite = cfg.get("overwrite", False)
+    if not isinstance(overwrite, bool):
+        raise ValueError(f"overwrite={overwrite!r} is not valid; valid: true or false")
+    init_from = cfg.get("init_from")
+    if init_from is not None and not isinstance(init_from, str):
+        raise ValueError(f"init_from={init_from!r} is not valid; valid: a run folder or adapter.safetensors path")
     model = _as_schema(ModelConfig, cfg.model, "model")
     family = resolve_family(model)
     model.family = family.name
-    task = build_task(cfg.task)
+    try:
+        task = build_task(cfg.task)
+    except ValueError as e:
+        raise _one_line_config_error(e, "task") from None
     task.validate(family)
-    method = build_method(cfg.method)
+    check_task_sizes(task.cfg)
+    try:
+        method = build_method(cfg.method)
+    except ValueError as e:
+        raise _one_line_config_error(e, "method") from None
     method.validate(family)
+    check_method_inert(method.cfg)
     trainer = _as_schema(TrainerConfig, cfg.trainer, "trainer")
-    for key, choices in TRAINER_CHOICES.items():
-        _check_choice("trainer", key, getattr(trainer, key), choices)
     from lora_research.models import pick_device
 
     pick_device(trainer.device)
-    if trainer.batch_size < 1 or trainer.eval_batch_size < 1:
-        raise ValueError(f"batch sizes must be >= 1 (got {trainer.batch_size}, {trainer.eval_batch_size})")
-    if trainer.lr <= 0:
-        raise ValueError(f"trainer.lr must be > 0 (got {trainer.lr})")
+    check_trainer(trainer)
     logger = _as_schema(LoggerConfig, cfg.logger, "logger")
     for key, choices in LOGGER_CHOICES.items():
         _check_choice("logger", key, getattr(logger, key), choices)
@@ -132,10 +247,82 @@ def validate(cfg: DictConfig) -> RunConfig:
         method=method.cfg,
         trainer=trainer,
         logger=logger,
-        seed=int(cfg.get("seed", 0)),
-        init_from=cfg.get("init_from"),
+        seed=seed,
+        init_from=init_from,
         raw=cfg,
     )
+
+
+def check_against_model(run: RunConfig) -> None:
+    """Ranks, targets, layers and ``init_from`` against the model's config, before any weight loads.
+
+    The architecture is built on the ``meta`` device (shapes only, no memory, no weights read) from
+    the checkpoint's ``config.json`` (or ``config_overrides``), the method is applied to it, and an
+    ``init_from`` adapter's tensor names and shapes (read from its header) are matched against the
+    trainable parameters. Problems raise ``ValueError`` (one line); a model config that cannot be
+    read here (e.g. a hub id while offline) is left to the real load.
+    """
+    import torch
+
+    from lora_research.methods import count_parameters, get_method_class
+    from lora_research.models import _from_pretrained_args, _random_config
+    from lora_research.tasks import build_task
+    from lora_research.targets import get_family, is_head_parameter
+
+    family = get_family(run.model.family) if run.model.family else resolve_family(run.model)
+    task = build_task(run.task)
+    task_kwargs: dict = {}
+    if task.head != "generation":
+        task_kwargs["num_labels"] = task.num_labels if task.num_labels is not None else 2
+        if task.problem_type:
+            task_kwargs["problem_type"] = task.problem_type
+    try:
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        if run.model.random_init:
+            hf_cfg = _random_config(run.model, **task_kwargs)
+        else:
+            path, kwargs = _from_pretrained_args(run.model.name_or_path)
+            hf_cfg = AutoConfig.from_pretrained(path, **kwargs, **task_kwargs)
+        auto = AutoModelForCausalLM if task.head == "generation" else AutoModelForSequenceClassification
+        with torch.device("meta"):
+            skeleton = auto.from_config(hf_cfg)
+    except (OSError, ValueError, KeyError, ImportError, TypeError, RuntimeError):
+        return  # the real load reports it (with its own message)
+    method = get_method_class(run.method.name)(run.method)
+    try:
+        with torch.device("meta"):
+            method.apply(skeleton, family)
+    except ValueError as e:
+        raise ValueError(" ".join(str(e).split())) from None
+    except Exception:  # noqa: BLE001 - an operation the meta device lacks: the real apply will tell
+        return
+    counts = count_parameters(skeleton, family)
+    if counts.trainable_params_without_head == 0:
+        raise ValueError(f"method {run.method.name!r} with these settings trains no parameter besides the head "
+                         "(nothing to adapt); check its options (layers, lengths, top_layers ...)")
+    if run.init_from:
+        from pathlib import Path
+
+        from lora_research import outputs
+
+        src = Path(run.init_from).expanduser()
+        if src.is_dir() and not (src / outputs.ADAPTER_FILE).exists() and (src / "adapter_model.safetensors").exists():
+            outputs.safetensors_header(src / "adapter_model.safetensors")  # a PEFT folder: its names are PEFT's
+            return
+        if not src.exists():
+            raise FileNotFoundError(f"init_from={run.init_from!r}: no such run folder or adapter file")
+        path = outputs.verify_adapter(src)
+        header = outputs.safetensors_header(path)
+        if (header.get("__metadata__") or {}).get("format", outputs.ADAPTER_FORMAT).split("/")[0] != \
+                outputs.ADAPTER_FORMAT.split("/")[0]:
+            return
+        shapes = {n: tuple(v["shape"]) for n, v in header.items() if n != "__metadata__"}
+        trainable = {n: tuple(p.shape) for n, p in skeleton.named_parameters() if p.requires_grad}
+        usable = [n for n, s in shapes.items() if not is_head_parameter(n, family) and trainable.get(n) == s]
+        if not usable:
+            raise ValueError(f"init_from={run.init_from!r}: no tensor of {path} matches this run's trainable "
+                             "parameters (different method, targets, rank or model?)")
 
 
 def _register() -> None:

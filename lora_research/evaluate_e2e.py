@@ -17,6 +17,9 @@ Arguments (``key=value``, Hydra-like; unknown keys fail naming the valid ones):
 * ``device=cpu|cuda|auto`` (default cpu), ``threads=N`` (torch CPU threads, 0 = default).
 
 Prints the result as JSON (scores on the paper's scale: BLEU, METEOR, ROUGE_L ×100).
+Exit status: 0 done; 2 bad argument or run folder (one line on stderr naming it: not a run
+folder, not an E2E run, the run did not finish, a corrupted adapter ...); 1 internal error.
+``LORA_RESEARCH_TRACEBACK=1`` also prints the traceback.
 """
 from __future__ import annotations
 
@@ -67,7 +70,39 @@ def parse_args(argv: list[str]) -> tuple[dict, dict]:
         raise ValueError("run_dir=PATH is required")
     if opts["weights"] not in ("best", "init"):
         raise ValueError(f"weights={opts['weights']!r}; valid choices: best, init")
+    if "split" in opts and opts["split"] not in ("dev", "test"):
+        raise ValueError(f"split={opts['split']!r} is not valid; valid choices: dev, test")
+    m = opts.get("max_mrs", "default")
+    if m != "default" and m is not None and (not isinstance(m, int) or m < 1):
+        raise ValueError(f"max_mrs={m!r} is not valid; valid: an integer >= 1 or null (all MRs)")
+    if not isinstance(opts["threads"], int) or opts["threads"] < 0:
+        raise ValueError(f"threads={opts['threads']!r} is not valid; valid: an integer >= 0 (0 = torch default)")
+    if opts["device"] not in ("cpu", "cuda", "auto") and not str(opts["device"]).startswith("cuda:"):
+        raise ValueError(f"device={opts['device']!r} is not valid; valid choices: cpu, cuda, cuda:N, auto")
     return opts, decode
+
+
+def check_run_dir(run_dir, weights: str = "best") -> None:
+    """Refuse, before any model loads, a folder that is not a finished E2E run (one line, naming it)."""
+    from omegaconf import OmegaConf
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run_dir={run_dir}: no such folder")
+    cfg_path = run_dir / outputs.CONFIG_FILE
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder: no {outputs.CONFIG_FILE} "
+                                "(pass the folder that python -m lora_research.train wrote)")
+    try:
+        cfg = OmegaConf.to_container(OmegaConf.load(cfg_path))
+        task = cfg.get("task") or {}
+    except Exception as e:  # noqa: BLE001 - any YAML error
+        raise ValueError(f"{cfg_path} is unreadable ({outputs.one_line(e)[:160]})") from None
+    if task.get("kind", "glue") != "e2e":
+        raise ValueError(f"{run_dir} is a {task.get('name', '?')!r} run (task.kind={task.get('kind', 'glue')}), "
+                         "not an E2E run: evaluate_e2e decodes task=e2e runs only")
+    if weights == "best":
+        outputs.verify_adapter(run_dir)  # missing (run not finished) / truncated / checksum mismatch
 
 
 def evaluate(run_dir, *, split: Optional[str] = None, max_mrs: Any = "default", decode: Optional[dict] = None,
@@ -113,16 +148,28 @@ def main(argv: Optional[list[str]] = None) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return 0
+    import os
+    import traceback
+
     try:
         opts, decode = parse_args(argv)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        check_run_dir(opts["run_dir"], opts["weights"])
+        result = evaluate(
+            opts["run_dir"], split=opts.get("split"), max_mrs=opts.get("max_mrs", "default"), decode=decode,
+            weights=opts["weights"], tag=opts.get("tag"), device=opts["device"], threads=opts["threads"],
+        )
+    except (ValueError, LookupError, OSError, TypeError) as e:
+        print(f"error: {outputs.error_message(e)}", file=sys.stderr)
+        if os.environ.get("LORA_RESEARCH_TRACEBACK"):
+            traceback.print_exc()
         return 2
-    result = evaluate(
-        opts["run_dir"], split=opts.get("split"), max_mrs=opts.get("max_mrs", "default"), decode=decode,
-        weights=opts["weights"], tag=opts.get("tag"), device=opts["device"], threads=opts["threads"],
-    )
-    print(json.dumps(result, indent=2, sort_keys=True))
+    except Exception as e:  # noqa: BLE001 - one line on the terminal, the traceback on request
+        print(f"error: internal error {type(e).__name__}: {outputs.one_line(e)} "
+              "(LORA_RESEARCH_TRACEBACK=1 prints the traceback)", file=sys.stderr)
+        if os.environ.get("LORA_RESEARCH_TRACEBACK"):
+            traceback.print_exc()
+        return 1
+    print(outputs.dumps(result, indent=2, sort_keys=True))
     return 0
 
 

@@ -40,8 +40,44 @@ log = logging.getLogger(__name__)
 TRAINABLE_FILE = "trainable.safetensors"
 
 
+class Diverged(RuntimeError):
+    """A non-finite training loss, gradient norm or evaluation metric: the run stops (status ``diverged``)."""
+
+    def __init__(self, step: int, what: str, value: float):
+        self.step, self.what, self.value = step, what, value
+        super().__init__(f"diverged at step {step}: {what}={value}")
+
+
+def _nonfinite(value) -> bool:
+    import math
+
+    if isinstance(value, torch.Tensor):
+        return not bool(torch.isfinite(value.detach()).all())
+    return isinstance(value, float) and not math.isfinite(value)
+
+
 class RunTrainer(Trainer):
-    """Trainer whose checkpoints hold the trainable tensors only."""
+    """Trainer whose checkpoints hold the trainable tensors only, and that notices divergence.
+
+    Every micro-batch loss and every gradient norm is checked (Trainer itself hides a NaN loss from
+    its logs, ``logging_nan_inf_filter``); :class:`DivergenceCallback` stops the run on the first one.
+    """
+
+    diverged: Optional[tuple] = None  # (step, what, value) of the first non-finite value
+
+    def training_step(self, *args, **kwargs):
+        loss = super().training_step(*args, **kwargs)
+        if self.diverged is None and _nonfinite(loss):
+            self.diverged = (self.state.global_step + 1, "loss", float(loss.detach().float().mean()))
+        return loss
+
+    def _get_grad_norm(self, *args, **kwargs):
+        norm = super()._get_grad_norm(*args, **kwargs)
+        if self.diverged is None and norm is not None and not self.args.fp16 and _nonfinite(
+            norm if isinstance(norm, torch.Tensor) else float(norm)
+        ):  # fp16: GradScaler skips steps with inf gradients by design
+            self.diverged = (self.state.global_step + 1, "grad_norm", float(norm))
+        return norm
 
     def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
         from safetensors.torch import save_file
@@ -49,7 +85,10 @@ class RunTrainer(Trainer):
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         tensors = {n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if p.requires_grad}
-        save_file(tensors, os.path.join(output_dir, TRAINABLE_FILE))
+        path = os.path.join(output_dir, TRAINABLE_FILE)
+        save_file(tensors, path)
+        with open(path + ".sha256", "w", encoding="ascii") as f:  # verified before a resume
+            f.write(f"{outputs.file_sha256(path)}  {TRAINABLE_FILE}\n")
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         from safetensors.torch import load_file
@@ -58,6 +97,7 @@ class RunTrainer(Trainer):
         path = os.path.join(resume_from_checkpoint, TRAINABLE_FILE)
         if not os.path.exists(path):
             raise FileNotFoundError(f"checkpoint {resume_from_checkpoint} has no {TRAINABLE_FILE}")
+        outputs.verify_checkpoint(resume_from_checkpoint)
         state = load_file(path)
         params = dict(model.named_parameters())
         missing = [n for n, p in params.items() if p.requires_grad and n not in state]
@@ -66,6 +106,30 @@ class RunTrainer(Trainer):
         with torch.no_grad():
             for name, value in state.items():
                 params[name].copy_(value)
+
+
+class DivergenceCallback(TrainerCallback):
+    """Stops training with :class:`Diverged` on the first non-finite loss, gradient norm or dev metric.
+
+    Registered before :class:`RunFolderCallback`, so a non-finite evaluation never reaches
+    ``metrics.jsonl`` nor becomes the "best" epoch. Under DDP every rank stops at the same step.
+    """
+
+    def __init__(self, trainer_ref=None):
+        self.trainer = trainer_ref
+
+    def on_step_end(self, args, state, control, **kwargs):
+        bad = self.trainer.diverged if self.trainer is not None else None
+        if distributed.any_rank(bad is not None):
+            step, what, value = bad or (state.global_step, "loss", float("nan"))
+            raise Diverged(step, what, value)
+        return control
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        for k, v in (metrics or {}).items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and _nonfinite(float(v)):
+                name = k[len("eval_"):] if k.startswith("eval_") else k
+                raise Diverged(state.global_step, name, float(v))
 
 
 class RunFolderCallback(TrainerCallback):
@@ -156,15 +220,44 @@ def _training_arguments(run: RunConfig, run_dir: Path, device: torch.device) -> 
 
 
 def _resume_checkpoint(run: RunConfig, run_dir: Path) -> Optional[str]:
+    """The checkpoint to resume from: the newest one that verifies (:func:`outputs.verify_checkpoint`).
+
+    A corrupted or half-written checkpoint is renamed ``corrupt-checkpoint-N`` (kept, but never
+    picked again) and the previous valid one is used; none valid left → a clear error.
+    """
     mode = run.trainer.resume
     if mode == "never":
         return None
     if mode != "auto":
         if not Path(mode).is_dir():
             raise FileNotFoundError(f"trainer.resume={mode!r}: no such checkpoint folder")
+        try:
+            outputs.verify_checkpoint(mode)
+        except ValueError as e:
+            raise ValueError(f"trainer.resume={mode!r}: cannot resume: {e}") from None
         return mode
     ckpt_dir = run_dir / "checkpoints"
-    return get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    if not ckpt_dir.is_dir() or get_last_checkpoint(str(ckpt_dir)) is None:
+        return None
+    import re
+
+    found = sorted((int(m.group(1)), p) for p in ckpt_dir.iterdir()
+                   if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name)))
+    problems = []
+    for _, ckpt in reversed(found):
+        try:
+            outputs.verify_checkpoint(ckpt)
+            if problems:
+                log.warning("resuming from %s instead: %s", ckpt, "; ".join(problems))
+            return str(ckpt)
+        except ValueError as e:
+            problems.append(str(e))
+            if distributed.is_main():
+                os.replace(ckpt, ckpt.with_name("corrupt-" + ckpt.name))
+    raise ValueError(
+        f"cannot resume {run_dir}: {problems[0]}; no earlier valid checkpoint. Start over with overwrite=true "
+        "(moves the old files aside) or use a new run folder"
+    )
 
 
 def _drop_records_after(run_dir: Path, step: int) -> None:
@@ -172,9 +265,7 @@ def _drop_records_after(run_dir: Path, step: int) -> None:
     records = outputs.read_metrics(run_dir)
     kept = [r for r in records if r.get("step", 0) <= step]
     if len(kept) != len(records):
-        outputs.atomic_write_text(
-            run_dir / outputs.METRICS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept)
-        )
+        outputs.write_metrics(run_dir, kept)
 
 
 def load_init(model, source: str, family, base=None) -> list[str]:
@@ -197,6 +288,14 @@ def _versions() -> dict:
     return {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__}
 
 
+def _check_examples(task: Task, data) -> None:
+    """Zero examples after loading and subsetting is an error, not a run that trains nothing."""
+    for split, ds in [("train", data.train), *data.evals.items()]:
+        if len(ds) == 0:
+            raise ValueError(f"task {task.name}: split {split!r} has 0 examples after loading and subsetting "
+                             "(empty data file, or task.max_train_samples / max_eval_samples too small)")
+
+
 def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra_callbacks=()) -> dict:
     """Build model, method and data from ``run``; train; evaluate; write the run folder."""
     run_dir = Path(run_dir)
@@ -211,6 +310,10 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
     family = resolve_family(run.model)
     task = build_task(run.task)
     tokenizer = load_tokenizer(run.model)
+    with distributed.main_process_first():  # rank 0 writes the feature cache, the others read it
+        data = task.prepare(tokenizer, seed=run.seed)  # before the weights: bad data fails in seconds
+    _check_examples(task, data)
+    set_seed(run.seed)  # the model's random init does not depend on what data preparation drew
     model = load_model(run.model, head=task.head, num_labels=task.num_labels, problem_type=task.problem_type)
     base_identity = adapter_file.identify_base(model, family, run.model, head=task.head, num_labels=task.num_labels,
                                                problem_type=task.problem_type, seed=run.seed)
@@ -221,8 +324,6 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
         log.info("init_from %s: %d tensors loaded", run.init_from, len(loaded))
     distributed.mean_loss_per_batch(model)  # DDP / gradient accumulation scale the loss right
     counts = count_parameters(model, family)
-    with distributed.main_process_first():  # rank 0 writes the feature cache, the others read it
-        data = task.prepare(tokenizer, seed=run.seed)
     log.info(
         "%s | %s | %s: trainable %d (without head %d) of %d parameters; %d train examples",
         task.name, run.model.name, method.name, counts.trainable_params,
@@ -247,7 +348,8 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
     callback = RunFolderCallback(run_dir, task, method, model, adapter_meta, tuple(data.evals))
     from lora_research.preemption import PreemptionCallback
 
-    callbacks = [callback, *extra_callbacks, PreemptionCallback()]
+    divergence = DivergenceCallback()
+    callbacks = [divergence, callback, *extra_callbacks, PreemptionCallback()]
     if tracker is not None and tracker.active:
         callbacks.append(tracker.callback())
 
@@ -261,13 +363,14 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
         compute_metrics=task.compute_metrics,
         callbacks=callbacks,
     )
+    divergence.trainer = trainer
     resume = _resume_checkpoint(run, run_dir)
+    step = int(Path(resume).name.split("-")[-1]) if resume else 0
+    with distributed.main_process_first():  # records newer than the start point are redone, never duplicated
+        if distributed.is_main():
+            _drop_records_after(run_dir, step)
+        callback.reload_best()
     if resume:
-        step = int(Path(resume).name.split("-")[-1])
-        with distributed.main_process_first():
-            if distributed.is_main():
-                _drop_records_after(run_dir, step)
-            callback.reload_best()
         log.info("resuming from %s", resume)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -318,6 +421,9 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
         "world_size": trainer.args.world_size,
         "global_batch_size": t.batch_size * t.gradient_accumulation_steps * trainer.args.world_size,
         "resumed_from": resume,
+        "fingerprint": getattr(run, "fingerprint", None),
+        "files": {outputs.ADAPTER_FILE: outputs.file_record(run_dir / outputs.ADAPTER_FILE)}
+        if (run_dir / outputs.ADAPTER_FILE).is_file() else {},
         "command": command,
         "run_dir": str(run_dir),
         "versions": _versions(),

@@ -292,12 +292,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    """Exit 0 done; 2 bad argument or input (one line naming it); 1 internal error (one line;
+    ``LORA_RESEARCH_TRACEBACK=1`` prints the traceback)."""
+    import os
+    import traceback
+
+    from lora_research.outputs import error_message, one_line, verify_adapter
+
+    parser = build_parser()
+
+    def one_line_error(message):  # argparse: one line, not usage + message
+        parser.exit(2, f"error: {one_line(message)} (see --help)\n")
+
+    for sp in [parser, *next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices.values()]:
+        sp.error = one_line_error
+    args = parser.parse_args(argv)
     try:
+        for opt in ("layer", "matrices"):
+            value = getattr(args, opt, None)
+            if opt == "layer" and isinstance(value, str):
+                try:
+                    _ints(value)
+                except ValueError:
+                    raise ValueError(f"--layer {value!r} is not valid; valid: layer indices, comma separated (e.g. 3 or 0,5)") from None
+        for run in [getattr(args, k) for k in ("run_a", "run_b", "run") if getattr(args, k, None)] + list(getattr(args, "runs", None) or []):
+            from pathlib import Path as _P
+
+            if not _P(run).exists():
+                raise FileNotFoundError(f"no adapter file or run folder at {run}")
+            if not (_P(run).is_dir() and (_P(run) / "adapter_model.safetensors").exists()):  # PEFT folders: their reader
+                verify_adapter(run)  # not finished / truncated / checksum mismatch: one line before any work
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError) as exc:  # bad input: one line, exit 2
-        print(f"error: {exc}", file=sys.stderr)
+    except (ValueError, LookupError, OSError, TypeError) as exc:  # bad input: one line, exit 2
+        print(f"error: {error_message(exc)}", file=sys.stderr)
+        if os.environ.get("LORA_RESEARCH_TRACEBACK"):
+            traceback.print_exc()
         return 2
+    except Exception as exc:  # noqa: BLE001 - never a traceback on the terminal unless asked
+        print(f"error: internal error {type(exc).__name__}: {one_line(exc)} "
+              "(LORA_RESEARCH_TRACEBACK=1 prints the traceback)", file=sys.stderr)
+        if os.environ.get("LORA_RESEARCH_TRACEBACK"):
+            traceback.print_exc()
+        return 1
 
 
 if __name__ == "__main__":

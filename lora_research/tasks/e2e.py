@@ -132,39 +132,57 @@ def read_csv(path: str | os.PathLike) -> list[tuple[int, str, str]]:
     """Rows of an official E2E CSV as ``(line, mr, ref)``; ``ValueError`` on a bad file."""
     path = Path(path)
     out = []
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None:
-            raise ValueError(f"{path}: file is empty; expected a header 'mr,ref'")
-        names = [h.strip().lower() for h in header]
-        if "mr" not in names or "ref" not in names:
-            raise ValueError(f"{path}: line 1: header {header!r} lacks column(s) 'mr' and/or 'ref'")
-        i_mr, i_ref = names.index("mr"), names.index("ref")
-        for row in reader:
-            line = reader.line_num
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise ValueError(f"{path}: line {line}: expected {len(header)} fields, got {len(row)}: {row!r}")
-            out.append((line, row[i_mr], row[i_ref]))
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header is None:
+                raise ValueError(f"{path}: file is empty; expected a header 'mr,ref'")
+            names = [h.strip().lower() for h in header]
+            if "mr" not in names or "ref" not in names:
+                raise ValueError(f"{path}: line 1: header {header!r} lacks column(s) 'mr' and/or 'ref'")
+            i_mr, i_ref = names.index("mr"), names.index("ref")
+            for row in reader:
+                line = reader.line_num
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise ValueError(f"{path}: line {line}: expected {len(header)} fields, got {len(row)}: {row!r}")
+                out.append((line, row[i_mr], row[i_ref]))
+    except UnicodeDecodeError:
+        raise ValueError(_utf8_error(path)) from None
+    except csv.Error as e:
+        raise ValueError(f"{path}: unreadable CSV ({e})") from None
+    if not out:
+        raise ValueError(f"{path}: no examples after the header line; expected 'mr,ref' rows")
     return out
+
+
+def _utf8_error(path) -> str:
+    from lora_research.outputs import utf8_error
+
+    return utf8_error(path) or f"{path}: not valid UTF-8"
 
 
 def read_lora_txt(path: str | os.PathLike) -> list[E2EPair]:
     """microsoft/LoRA's ``MR||reference`` lines (MR already linearised, text tokenised)."""
     pairs = []
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            if "||" not in line:
-                raise ValueError(f"{path}: line {line_no}: expected 'MR||reference', got {line!r}")
-            context, completion = line.split("||", 1)
-            if " : " not in context:
-                raise ValueError(f"{path}: line {line_no}: malformed linearised MR {context!r}")
-            pairs.append(E2EPair(context.strip(), _clean(completion)))
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line_no, line in enumerate(fh, start=1):
+                line = line.rstrip("\r\n")
+                if not line.strip():
+                    continue
+                if "||" not in line:
+                    raise ValueError(f"{path}: line {line_no}: expected 'MR||reference', got {line!r}")
+                context, completion = line.split("||", 1)
+                if " : " not in context:
+                    raise ValueError(f"{path}: line {line_no}: malformed linearised MR {context!r}")
+                pairs.append(E2EPair(context.strip(), _clean(completion)))
+    except UnicodeDecodeError:
+        raise ValueError(_utf8_error(path)) from None
+    if not pairs:
+        raise ValueError(f"{path}: no examples; expected one 'MR||reference' pair a line")
     return pairs
 
 

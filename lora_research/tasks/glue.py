@@ -236,12 +236,22 @@ def _tsv_format(task: str, split: str) -> _TsvFormat:
 
 
 def _iter_tsv(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """Yield ``(line_number, fields)`` for each non-blank line, quoting disabled, BOM removed."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        for row in reader:
-            if row:
-                yield reader.line_num, row
+    """Yield ``(line_number, fields)`` for each non-blank line, quoting disabled, BOM removed.
+
+    A byte that is not UTF-8 raises ``ValueError`` naming the file, the line and the byte offset.
+    """
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            for row in reader:
+                if row:
+                    yield reader.line_num, row
+    except UnicodeDecodeError:
+        from lora_research.outputs import utf8_error
+
+        raise ValueError(utf8_error(path, "utf-8-sig") or f"{path}: not valid UTF-8") from None
+    except csv.Error as e:
+        raise ValueError(f"{path}: line {reader.line_num}: unreadable TSV ({e})") from None
 
 
 class _RowParser:
@@ -316,6 +326,9 @@ def _read_glue_tsv(task: str, split: str, path: Path) -> list[tuple[int, dict[st
     for line, row in it:
         texts, label = parser.parse(line, row)
         rows.append((line, texts, label))
+    if not rows:
+        raise ValueError(f"{path}: no examples" + (" after the header line" if fmt.has_header else "")
+                         + f"; expected one row per example of GLUE {task} {split}")
     return rows
 
 
@@ -433,6 +446,8 @@ def _read_glue_tsv_with_ids(path: Path) -> list[tuple[int, dict, int, tuple[str,
     for line, row in it:
         texts, label = parser.parse(line, row)
         out.append((line, texts, label, (row[i1], row[i2])))
+    if not out:
+        raise ValueError(f"{path}: no examples after the header line; expected one row per sentence pair")
     return out
 
 
