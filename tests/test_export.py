@@ -169,3 +169,40 @@ def test_real_runs_tiny_bert_and_tiny_gpt2_e2e(tmp_path):
                        "method.r=2", f"task.cache_dir={tmp_path / 'cache'}"]), gpt2)
     cfg = _check_peft(gpt2, tmp_path / "gpt2_peft")
     assert cfg["fan_in_fan_out"] is True and set(cfg["rank_pattern"].values()) == {4}
+
+
+@pytest.mark.parametrize("family,targets,dora", [("bert", ["query", "value"], True), ("gpt2", ["c_attn", "c_proj"], False),
+                                                  ("llama", ["q_proj", "v_proj"], True)])
+def test_foreign_peft_adapter_reads_with_peft_own_delta(tmp_path, family, targets, dora):
+    """A PEFT folder made by PEFT alone (not by our export): ΔW from the import = PEFT's merged − W0."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from _tiny_models import tiny_model
+    from lora_research.analysis.deltas import dict_base_loader
+
+    base, _ = tiny_model(family)
+    w0 = {n: (m.weight.detach().T if type(m).__name__ == "Conv1D" else m.weight.detach()).clone()
+          for n, m in base.named_modules() if hasattr(m, "weight") and getattr(m, "weight") is not None
+          and m.weight.dim() == 2}
+    pm = get_peft_model(copy.deepcopy(base), LoraConfig(r=3, lora_alpha=6, target_modules=targets, use_dora=dora,
+                                                        use_rslora=not dora))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n or "lora_magnitude" in n:
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    pm.save_pretrained(str(tmp_path / "foreign"))
+    merged = pm.merge_and_unload()
+    rec = load_adapter(tmp_path / "foreign")
+    assert rec.base.weights is None and len(rec) > 0
+    if family == "gpt2":  # one PEFT adapter on c_attn: q, k and v each come back with their rows
+        assert {e.matrix for e in rec.select(layers=[0])} == {"q", "k", "v", "o", "mlp_out"}
+    loader = dict_base_loader(w0)
+    for e in rec:
+        m = merged.get_submodule(e.module)
+        w1 = (m.weight.detach().T if type(m).__name__ == "Conv1D" else m.weight.detach())
+        w1 = w1 if e.out_slice is None else w1[e.out_slice[0]:e.out_slice[1]]
+        w0e = loader(e.module, e.out_slice)
+        assert float((delta_w(e, loader) - (w1.double() - w0e.double())).abs().max()) <= 1e-6

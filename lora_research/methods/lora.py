@@ -258,8 +258,9 @@ class LoRALinear(nn.Module):
                 rows.copy_(factor[:, None] * (rows + self.delta_weight(m).to(rows.dtype)))
             self.merged = True
             return
-        delta = self.full_delta()
-        w.add_(delta.T if self.fan_in_fan_out else delta)
+        for m in self.slices:  # W0 rows += s·B A in place, one kernel per slice (no dense temporaries)
+            rows = self._weight_rows(m)
+            rows.addmm_(self.lora_B[m].to(rows.dtype), self.lora_A[m].to(rows.dtype), alpha=self.scaling[m])
         self.merged = True
 
     @torch.no_grad()
