@@ -25,8 +25,8 @@ threads, resume mode, ...). Started into an existing folder, a run (:func:`inspe
   unfinished / failed / diverged / preempted run of the same fingerprint;
 * refused (:class:`RunFolderConflict`, one line naming the folder, the differing keys and the way
   out) when it holds results of a different config, unless ``overwrite=true``: then the old files
-  first move to ``replaced-<time>/`` (``summary.json`` and ``error.json`` renamed ``*.replaced`` so
-  that tools that look for runs by those names do not count the old run twice). A folder whose
+  first move to ``replaced-<time>/`` (``summary.json``, ``error.json`` and ``config.yaml`` renamed
+  ``*.replaced`` so that tools that find runs by those names do not count the old run twice). A folder whose
   earlier attempt failed before producing anything (no metrics, adapter, checkpoint or summary)
   is taken over by a new config the same way, without ``overwrite``.
 
@@ -418,7 +418,7 @@ def inspect_run_dir(run_dir: Path | str) -> RunFolder:
 
 
 def move_aside(run_dir: Path | str) -> Optional[Path]:
-    """Move a run's files into ``<run_dir>/replaced-<time>/`` (summary/error renamed ``*.replaced``).
+    """Move a run's files into ``<run_dir>/replaced-<time>/`` (summary/error/config renamed ``*.replaced``).
 
     Hydra's log (``*.log``, still open) stays. Returns the new folder, or None when there was nothing.
     """
@@ -434,7 +434,7 @@ def move_aside(run_dir: Path | str) -> Optional[Path]:
         dest = run_dir / f"{REPLACED_PREFIX}{stamp}-{n}"
     dest.mkdir()
     for p in entries:
-        name = p.name + REPLACED_SUFFIX if p.name in (SUMMARY_FILE, ERROR_FILE) else p.name
+        name = p.name + REPLACED_SUFFIX if p.name in (SUMMARY_FILE, ERROR_FILE, CONFIG_FILE) else p.name
         os.replace(p, dest / name)
     return dest
 

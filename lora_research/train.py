@@ -227,7 +227,7 @@ def classify(exc: BaseException, run_dir: Path) -> tuple[str, int, str]:
         return "refused", EXIT_BAD_INPUT, outputs.one_line(exc)
     if isinstance(exc, Diverged):
         return "diverged", EXIT_DIVERGED, f"{exc} (run folder {run_dir}: status diverged, see error.json)"
-    if isinstance(exc, (ValueError, LookupError, OSError, TypeError)) and not isinstance(exc, NotImplementedError):
+    if isinstance(exc, (ValueError, LookupError, OSError)):
         return "failed", EXIT_BAD_INPUT, outputs.error_message(exc)
     if type(exc).__name__ == "SafetensorError":
         return "failed", EXIT_BAD_INPUT, f"a safetensors file is corrupted: {outputs.one_line(exc)} (see {run_dir}/error.json)"
@@ -351,12 +351,29 @@ def _hydra_error_line(exc: BaseException) -> str:
     return " ".join(kept) or type(exc).__name__
 
 
+def _check_command_line(args: list) -> None:
+    """Hydra's own flags, parsed as Hydra will: a bad one is one line (exit 2), not argparse's usage block."""
+    try:
+        from hydra._internal.utils import get_args_parser
+    except ImportError:  # pragma: no cover - a Hydra without it: Hydra reports as usual
+        return
+    parser = get_args_parser()
+
+    def error(message):
+        print(f"error: {' '.join(str(message).split())} (see --help; overrides are key=value)", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+    parser.error = error
+    parser.parse_args(args)
+
+
 def cli(argv: Optional[list] = None) -> None:
     """Console entry: one line for every error, Hydra's included; under torchrun, replicas run
     Hydra without its own files."""
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     sys.argv += distributed.replica_hydra_overrides()
+    _check_command_line(sys.argv[1:])
     previous = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing several lines; we print one
     try:

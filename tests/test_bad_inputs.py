@@ -256,6 +256,12 @@ def _overwritten(ctx, out, err):
     assert moved["adapter.safetensors"] == before["adapter.safetensors"]
     assert outputs.load_summary(d)["model"] == "tiny_roberta"
     assert len(outputs.read_metrics(d)) == 1, "only the new run's record: nothing mixed"
+    assert (old / "config.yaml.replaced").is_file()
+    try:
+        from lora_research.results.store import find_run_dirs
+    except ImportError:  # pragma: no cover - results store not in this checkout
+        return
+    assert find_run_dirs([d]) == [d.resolve()], "the moved-aside run is not counted as a second run"
 
 
 def _resumed_past_corrupt(ctx, out, err):
@@ -274,6 +280,39 @@ def _unfinished_with_checkpoints(corrupt_all: bool):
         for ck in (["checkpoint-1", "checkpoint-2"] if corrupt_all else ["checkpoint-2"]):
             _truncate(d / "checkpoints" / ck / "trainable.safetensors")
     return setup
+
+
+def _sigterm_at_step_1(ctx):
+    import signal
+
+    from transformers import TrainerCallback
+
+    from lora_research import training
+
+    class SigtermAtStep1(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    real_fit = training.fit
+    ctx.paths["real_fit"] = real_fit
+    ctx.paths["patch"] = (training, "fit", lambda *a, **k: real_fit(*a, **k, extra_callbacks=[SigtermAtStep1()]))
+
+
+def _preempted_then_resumed(ctx, out, err):
+    from lora_research import training
+    from lora_research.train import cli
+
+    d = ctx.run_dir()
+    rec = json.loads((d / outputs.ERROR_FILE).read_text())
+    assert rec["status"] == "preempted" and rec["resumable"] and rec["step"] == 1 and rec["overrides"]
+    assert f"hydra.run.dir={d}" in err, "the line says how to resume"
+    training.fit = ctx.paths["real_fit"]  # the next invocation runs without the signal
+    code, out2, err2 = _invoke(cli, ctx.train("trainer.max_steps=2"))
+    assert code == 0, err2[-2000:]
+    s = outputs.load_summary(d)
+    assert s["resumed_from"].endswith("checkpoint-1") and s["train_steps"] == 2
+    assert not (d / outputs.ERROR_FILE).exists(), "a completed resume is no longer marked preempted"
 
 
 def _sweep_check(ctx, out, err):
@@ -411,6 +450,8 @@ CASES = [
          "max_train_samples=-5", no_weights=True),
     Case("task.data_dir=/nonexistent", "train", lambda c: c.train("task.data_dir=/nonexistent/glue"), 2,
          "/nonexistent/glue", no_weights=True),
+    Case("--bogus (unknown flag)", "train", lambda c: c.train("--bogus"), 2, "--bogus", no_weights=True),
+    Case("a positional that is not key=value", "train", lambda c: c.train("lr"), 2, "'lr'", no_weights=True),
     # ---- train: data files (fail before the weights load) ----
     Case("non-UTF-8 byte in train.tsv", "train", lambda c: c.train(f"task.data_dir={c['glue']}"), 2,
          "train.tsv: line 3, byte", setup=glue_copy(lambda d: _non_utf8(d / "train.tsv")), no_weights=True),
@@ -490,6 +531,8 @@ CASES = [
          lambda c: c.train(f"trainer.resume={c.tmp / 'run' / 'checkpoints' / 'checkpoint-2'}", run="other"), 2,
          "trainer.resume=", setup=_unfinished_with_checkpoints(True)),
     Case("sweep with trainer.lr=-1,1e-3 (and its rerun)", "train", _sweep_args, 1, "1 failed", check=_sweep_check),
+    Case("SIGTERM at step 1 (preempted), then the same command", "train", lambda c: c.train("trainer.max_steps=2"),
+         75, "interrupted: stopped by SIGTERM at step 1", setup=_sigterm_at_step_1, check=_preempted_then_resumed),
     # ---- evaluate_e2e ----
     Case("evaluate_e2e on a GLUE run", "evaluate_e2e", lambda c: [f"run_dir={c['finished']}"], 2,
          "not an E2E run", keep=(), no_weights=True),
