@@ -229,17 +229,21 @@ def load_base(identity: BaseIdentity, *, verify: bool = True):
         )
     from transformers import set_seed
 
-    from lora_research import models
-
     if identity.seed is not None:
         set_seed(int(identity.seed))
     if identity.head is None and identity.num_labels is None:  # no head recorded: the family's default
-        model = models.load_base_model(identity.model)
+        from lora_research.models import load_base_model
+
+        model = load_base_model(identity.model)
     else:
-        model = models.load_model(identity.model, head=identity.head, num_labels=identity.num_labels,
-                                  problem_type=identity.problem_type)
+        from lora_research.models import load_model
+
+        model = load_model(identity.model, head=identity.head, num_labels=identity.num_labels,
+                           problem_type=identity.problem_type)
     if verify and identity.weights:
-        _, weights = fingerprint(model, models.resolve_family(identity.model))
+        from lora_research.models import resolve_family
+
+        _, weights = fingerprint(model, resolve_family(identity.model))
         if weights != identity.weights:
             raise AdapterFileError(
                 f"the base model loaded from {identity.name_or_path!r} is not the one the adapter was trained on "
