@@ -225,7 +225,7 @@ def validate(cfg: DictConfig) -> RunConfig:
         task = build_task(cfg.task)
     except ValueError as e:
         raise _one_line_config_error(e, "task") from None
-    task.validate(family)
+    task.validate(family, model=model.name)
     check_task_sizes(task.cfg)
     try:
         method = build_method(cfg.method)

@@ -40,12 +40,18 @@ class Task(abc.ABC):
     def __init__(self, cfg: Any):
         self.cfg = cfg
 
-    def validate(self, family) -> None:
-        """Refuse a model family whose heads cannot serve this task (one line, with the way out)."""
+    def validate(self, family, model: Optional[str] = None) -> None:
+        """Refuse a model family whose heads cannot serve this task: one line naming the model, the task
+        and the valid choices (model families with this head), before any weight loads."""
         if self.head not in family.heads:
+            from lora_research.targets import FAMILIES
+
+            fits = sorted(n for n, f in FAMILIES.items() if self.head in f.heads)
+            who = f"model={model} cannot run task={self.name}: " if model else ""
             raise ValueError(
-                f"task={self.name} needs a {self.head} head, which model family {family.name!r} does not have "
-                f"(its heads: {list(family.heads)}); choose a model whose family has a {self.head} head"
+                f"{who}task={self.name} needs a {self.head} head, which model family {family.name!r} does not have "
+                f"(its heads: {list(family.heads)}); valid choices: a model of family {fits} for task={self.name}, "
+                f"or a task with a {' or '.join(family.heads)} head for this model"
             )
 
     @abc.abstractmethod
