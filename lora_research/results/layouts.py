@@ -27,6 +27,7 @@ class Layout:
     notes: list[str] = field(default_factory=list)
     long: list[dict] = field(default_factory=list)  # CSV lines
     plot: dict = field(default_factory=dict)  # what plots.py draws
+    paper_columns: bool = True  # False: no paper number exists for this layout (a learning-rate search)
 
 
 def fmt_cell(c: dict | None, digits: int = 1) -> str:
@@ -325,7 +326,7 @@ def lr_search(df, **kw) -> Layout:
 
     metric = "final.BLEU" if "final.BLEU" in df.columns and df["final.BLEU"].notna().any() else "value"
     c = make_cells(df, metrics=[metric], **kw)
-    lay = Layout("lr_search", "Learning-rate search", ["row", "lr"], ["score"])
+    lay = Layout("lr_search", "Learning-rate search", ["row", "lr"], ["score"], paper_columns=False)
     if c.empty:
         lay.notes.append("No completed runs.")
         return lay
@@ -357,7 +358,7 @@ def render(study: str, df, **kw) -> Layout:
 
 
 def to_markdown(lay: Layout, fails=None, command: str = "") -> str:
-    head = lay.label_header + [h for col in lay.columns for h in (col, "paper")]
+    head = lay.label_header + [h for col in lay.columns for h in ((col, "paper") if lay.paper_columns else (col,))]
     lines = [f"## {lay.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in lay.rows:
         d = row["digits"]
@@ -368,7 +369,8 @@ def to_markdown(lay: Layout, fails=None, command: str = "") -> str:
                 vals.append(f"{ours['value']:.{d}f}")
             else:
                 vals.append(fmt_cell(ours, d))
-            vals.append(fmt_paper(paper, d))
+            if lay.paper_columns:
+                vals.append(fmt_paper(paper, d))
         lines.append("| " + " | ".join(vals) + " |")
     text = "\n".join(lines) + "\n\n" + "".join(f"- {n}\n" for n in lay.notes)
     if fails is not None and len(fails):
