@@ -14,13 +14,10 @@ import pytest
 
 datasets = pytest.importorskip("datasets")
 
-from lora_research.tasks import glue as glue_mod  # noqa: E402
-from lora_research.tasks.glue import (  # noqa: E402
-    GLUE_TASKS,
-    get_task_spec,
-    load_glue,
-    prepare_glue_features,
-)
+from lora_research.tasks import glue_features, glue_files  # noqa: E402
+from lora_research.tasks.glue_features import prepare_glue_features  # noqa: E402
+from lora_research.tasks.glue_files import load_glue  # noqa: E402
+from lora_research.tasks.glue_specs import GLUE_TASKS, get_task_spec  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("LORA_RESEARCH_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -111,7 +108,7 @@ def test_mrpc_join_rule():
     # The pair missing from some train.tsv copies (2750203 / 2750153) is in train.
     assert any(s.startswith("Officials at Brandeis said") for s in dd["train"]["sentence1"])
     # Validation equals the shipped dev.tsv (same rows, order and labels).
-    dev = glue_mod._read_glue_tsv("mrpc", "validation", GLUE_DIR / "mrpc" / "dev.tsv")
+    dev = glue_files._read_glue_tsv("mrpc", "validation", GLUE_DIR / "mrpc" / "dev.tsv")
     assert [(t["sentence1"], t["sentence2"], lab) for _, t, lab in dev] == list(
         zip(dd["validation"]["sentence1"], dd["validation"]["sentence2"], dd["validation"]["label"])
     )
@@ -376,12 +373,12 @@ def test_seeded_subsample(tmp_path):
 
 def test_subsample_is_seeded_uniform_and_keeps_file_order():
     ds = datasets.Dataset.from_dict({"idx": list(range(100))})
-    a = glue_mod._subsample(ds, 10, seed=3)["idx"]
-    assert a == glue_mod._subsample(ds, 10, seed=3)["idx"]
-    assert a != glue_mod._subsample(ds, 10, seed=4)["idx"]
+    a = glue_features._subsample(ds, 10, seed=3)["idx"]
+    assert a == glue_features._subsample(ds, 10, seed=3)["idx"]
+    assert a != glue_features._subsample(ds, 10, seed=4)["idx"]
     assert len(set(a)) == 10 and a == sorted(a) and a != list(range(10))
-    assert len(glue_mod._subsample(ds, None, seed=3)) == 100
-    assert len(glue_mod._subsample(ds, 500, seed=3)) == 100
+    assert len(glue_features._subsample(ds, None, seed=3)) == 100
+    assert len(glue_features._subsample(ds, 500, seed=3)) == 100
 
 
 @needs_data

@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 #: Metric names reported for each GLUE task, in reporting order. The task specs in
-#: :mod:`lora_research.tasks.glue` take their ``metric_names`` from this table.
+#: :mod:`lora_research.tasks.glue_specs` take their ``metric_names`` from this table.
 GLUE_METRIC_NAMES: Mapping[str, tuple[str, ...]] = {
     "cola": ("matthews_correlation",),
     "sst2": ("accuracy",),

@@ -1,11 +1,13 @@
-"""The GLUE tasks as the trainer sees them (wraps :mod:`lora_research.tasks.glue`)."""
+"""The GLUE tasks as the trainer sees them: specs from :mod:`~lora_research.tasks.glue_specs`, features from
+:mod:`~lora_research.tasks.glue_features`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
 
 from lora_research.tasks.base import Task, TaskData, register_task
-from lora_research.tasks.glue import GLUE_TASKS, prepare_glue_features
+from lora_research.tasks.glue_features import prepare_glue_features
+from lora_research.tasks.glue_specs import GLUE_TASKS
 
 
 @dataclass
