@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from lora_research.methods.base import Method, freeze, register_method, replace_module, unfreeze_head
+from lora_research.methods.base import Method, freeze, register_method, unfreeze_head
 from lora_research.targets import FamilySpec, find_layers, module_shape
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "swish": nn.SiLU}
@@ -187,7 +187,7 @@ class _AdapterMethod(Method):
                     device=w.device,
                     dtype=w.dtype,
                 )
-                replace_module(model, path, AdaptedOutput(base, adapter))
+                model.set_submodule(path, AdaptedOutput(base, adapter), strict=True)
                 self.adapted_paths.append(path)
             if self._train_block_ln():
                 for ln in (family.attn_layer_norm, family.mlp_layer_norm):

@@ -153,7 +153,5 @@ def count_parameters(model: nn.Module, family: FamilySpec) -> ParamCounts:
 
 
 def replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
-    """Put ``new`` at dotted ``path`` inside ``model``."""
-    parent_path, _, child = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, child, new)
+    """``model.set_submodule(path, new, strict=True)``; kept for ``export.py``, new code calls torch directly."""
+    model.set_submodule(path, new, strict=True)

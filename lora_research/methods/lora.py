@@ -56,7 +56,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lora_research.methods.base import Method, freeze, register_method, replace_module, unfreeze_head
+from lora_research.methods.base import Method, freeze, register_method, unfreeze_head
 from lora_research.targets import FamilySpec, Target, is_conv1d, module_shape, resolve_targets, validate_matrices
 
 INIT_A_CHOICES = ("kaiming", "gaussian", "pissa")
@@ -345,7 +345,7 @@ class LoRA(Method):
             )
             if cfg.train_bias and wrapped.base.bias is not None:
                 wrapped.base.bias.requires_grad_(True)
-            replace_module(model, path, wrapped)
+            model.set_submodule(path, wrapped, strict=True)
         self.targets = targets
         unfreeze_head(model, family)
         return model
