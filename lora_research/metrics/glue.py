@@ -22,6 +22,7 @@ Computations use scikit-learn (``matthews_corrcoef``, ``f1_score``) and scipy
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import f1_score, matthews_corrcoef
 
 __all__ = [
+    "GLUE_EVALUATE_PATH",
     "GLUE_METRIC_NAMES",
     "REGRESSION_TASKS",
     "compute_glue_metrics",
@@ -47,6 +49,9 @@ GLUE_METRIC_NAMES: Mapping[str, tuple[str, ...]] = {
     "qnli": ("accuracy",),
     "rte": ("accuracy",),
 }
+
+#: These metrics as an ``evaluate`` metric module (offline): ``evaluate.load(GLUE_EVALUATE_PATH, "mrpc")``.
+GLUE_EVALUATE_PATH: str = str(Path(__file__).with_name("glue_evaluate"))
 
 #: Tasks whose label is a real-valued score (one output unit, MSE loss).
 REGRESSION_TASKS: frozenset[str] = frozenset({"stsb"})
