@@ -170,7 +170,7 @@ def peft_state(af: AdapterFile, family, peft_model=None) -> tuple[dict, dict]:
         raise ExportRefused(f"method {method!r} trains tensors PEFT's LoRA cannot express exactly "
                             f"({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}); use `--to merged`")
     cfg = af.metadata.get("config") or {}
-    rslora = cfg.get("scaling_rule") == "rslora" if "scaling_rule" in cfg else False
+    rslora = cfg.get("scaling_rule") == "rslora"
     by_module: dict = {}
     for row in index:
         by_module.setdefault(row["module"], []).append(row)
