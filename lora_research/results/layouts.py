@@ -152,12 +152,13 @@ def table6(df, **kw) -> Layout:
                 label = f"{task} (ours, {dict(rest).get('model.name')})"
                 _add(lay, [label, P.targets_title(t)], per)
                 curves[(label, P.targets_title(t))] = {ln["method.r"]: _cell_dict(ln) for ln in ls}
-                if others:
+                if others:  # not a Table 6 column: in the CSV and the plot, not the table
                     lay.notes.append(f"{label} {P.targets_title(t)} also has r={others} (not a Table 6 column; in the CSV and plot).")
+                    extra = Layout(lay.study, "", lay.label_header, [])
                     for ln in ls:
                         if ln["method.r"] in others:
-                            _add(lay, [label, P.targets_title(t)], {f"r={ln['method.r']}": (_cell_dict(ln), None)})
-                            lay.rows.pop()
+                            _add(extra, [label, P.targets_title(t)], {f"r={ln['method.r']}": (_cell_dict(ln), None)})
+                    lay.long += extra.long
     for ds in ("MNLI", "WikiSQL"):
         for t in P.TABLE6_SETS:
             if ds == P.SECTION7_COUNTERPART and tasks:
