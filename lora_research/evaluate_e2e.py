@@ -98,8 +98,11 @@ def check_run_dir(run_dir, weights: str = "best") -> None:
         task = cfg.get("task") or {}
     except Exception as e:  # noqa: BLE001 - any YAML error
         raise ValueError(f"{cfg_path} is unreadable ({outputs.one_line(e)[:160]})") from None
-    if task.get("kind", "glue") != "e2e":
-        raise ValueError(f"{run_dir} is a {task.get('name', '?')!r} run (task.kind={task.get('kind', 'glue')}), "
+    from lora_research.tasks import get_task_class
+
+    kind = task.get("kind", "glue")
+    if get_task_class(kind).head != "generation":  # the registered task says whether it decodes
+        raise ValueError(f"{run_dir} is a {task.get('name', '?')!r} run (task.kind={kind}), "
                          "not an E2E run: evaluate_e2e decodes task=e2e runs only")
     if weights == "best":
         outputs.verify_adapter(run_dir)  # missing (run not finished) / truncated / checksum mismatch
