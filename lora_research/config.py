@@ -51,6 +51,13 @@ class TrainerConfig:
     full_determinism: bool = False  # torch deterministic algorithms (slower); CUBLAS_WORKSPACE_CONFIG set
     resume: str = "auto"  # auto: resume from the run folder's last checkpoint | never | <checkpoint path>
     threads: int = 0  # torch CPU threads (0 = torch default)
+    # random: shuffled batches (the paper's). group_by_length: HF's LengthGroupedSampler (shuffled
+    # mega-batches of 50 batches sorted by length: less padding, faster, different batches, so results move)
+    train_sampling: str = "random"
+    # eval batches: auto = length-sorted where no reported number can change (classification / regression:
+    # per-example loss, order-free metrics), file order for causal LMs (their dev loss averages per-batch
+    # token means) | length | file
+    eval_order: str = "auto"
 
 
 @dataclass
@@ -70,6 +77,8 @@ TRAINER_CHOICES = {
     "device": None,
     "eval_strategy": ("epoch", "steps"),
     "precision": ("fp32", "bf16", "fp16"),
+    "train_sampling": ("random", "group_by_length"),
+    "eval_order": ("auto", "length", "file"),
 }
 LOGGER_CHOICES = {"name": ("wandb", "none"), "mode": ("auto", "online", "offline", "disabled")}
 

@@ -18,6 +18,7 @@ sequence classification (regression with one output) or a causal-LM head for gen
 """
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ class ModelConfig:
     config_overrides: dict = field(default_factory=dict)  # e.g. {model_type: roberta, hidden_size: 32}
     dtype: str = "float32"  # float32 | bfloat16 | float16
     max_length: int = 128  # default max sequence length for this backbone
+    cache_converted: bool = True  # GGUF: keep the de-quantised weights and converted tokenizer on disk (models cache)
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -114,7 +116,10 @@ def load_tokenizer(model_cfg: Any):
 
     cfg = _cfg(model_cfg)
     path, kwargs = _from_pretrained_args(cfg.tokenizer or cfg.name_or_path)
-    tok = AutoTokenizer.from_pretrained(path, **kwargs)
+    if "gguf_file" in kwargs and cfg.cache_converted:
+        tok = _cached_gguf_tokenizer(Path(path) / kwargs["gguf_file"])
+    else:
+        tok = AutoTokenizer.from_pretrained(path, **kwargs)
     if tok.pad_token is None:  # GPT-2 / LLaMA have no pad token; padding is masked anyway
         tok.pad_token = tok.eos_token
     return tok
@@ -160,6 +165,8 @@ def load_model(
         model = auto.from_config(_random_config(cfg, **task_kwargs)).to(dtype)
     else:
         path, kwargs = _from_pretrained_args(cfg.name_or_path)
+        if "gguf_file" in kwargs and cfg.cache_converted and head == "generation":
+            return _cached_gguf_causal_lm(Path(path) / kwargs["gguf_file"], dtype)
         model = auto.from_pretrained(path, dtype=dtype, **kwargs, **task_kwargs)
         if "gguf_file" in kwargs and getattr(model, "hf_quantizer", None) is not None and all(
             p.is_floating_point() for p in model.parameters()
@@ -169,6 +176,134 @@ def load_model(
             model.hf_quantizer.remove_quantization_config(model)  # drops hf_quantizer, sets is_quantized False
             if getattr(model.config, "_is_quantized", False):
                 model.config._is_quantized = False
+    return model
+
+
+# --------------------------------------------------------------------------- GGUF: convert once, then load fast
+#
+# transformers reads a GGUF file three times per job (config, tokenizer, tensors: its metadata parser
+# walks the 49k-entry vocabulary each time; ~40 s for SmolLM2-135M on a busy 2-core machine), builds
+# the whole de-quantised state dict and then copies it into the model (peak: twice the weights). A
+# sweep pays that in every job. Here the first job de-quantises each tensor once, straight into the
+# target dtype, and stores the result under ``$LORA_RESEARCH_CACHE/models`` (default
+# ``~/.cache/lora_research/models``) as an ordinary checkpoint folder (config.json +
+# model.safetensors; the converted fast tokenizer next to it); every later job loads that folder with
+# ``from_pretrained`` in about a second, with one copy of the weights. The entry is keyed by the GGUF
+# file (path, size, mtime), the dtype and the transformers / gguf versions; ``model.cache_converted=false``
+# keeps the old path. Entries are written to a temporary folder and moved into place atomically.
+
+_MODEL_CACHE_FORMAT = 1
+
+
+def model_cache_dir() -> Path:
+    root = os.environ.get("LORA_RESEARCH_CACHE") or os.path.join("~", ".cache", "lora_research")
+    return Path(root).expanduser() / "models"
+
+
+def _gguf_entry(gguf: Path, kind: str, **extra) -> Path:
+    import hashlib
+    import json
+
+    import transformers
+
+    try:
+        import gguf as gguf_pkg
+
+        gguf_version = getattr(gguf_pkg, "__version__", None) or importlib.metadata.version("gguf")
+    except Exception:  # noqa: BLE001
+        gguf_version = None
+    st = gguf.stat()
+    key = {"format": _MODEL_CACHE_FORMAT, "kind": kind, "gguf": str(gguf.resolve()), "size": st.st_size,
+           "mtime_ns": st.st_mtime_ns, "transformers": transformers.__version__, "gguf_package": gguf_version, **extra}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return model_cache_dir() / f"{gguf.stem}-{kind}-{digest}"
+
+
+def _publish(tmp: Path, entry: Path) -> None:
+    import shutil
+
+    try:
+        os.replace(tmp, entry)
+    except OSError:  # a concurrent job published the same entry first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cached_gguf_tokenizer(gguf: Path):
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    entry = _gguf_entry(gguf, "tokenizer")
+    if not (entry / "tokenizer_config.json").is_file():
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=entry.parent))
+        tok.save_pretrained(str(tmp))
+        _publish(tmp, entry)
+    tok = AutoTokenizer.from_pretrained(str(entry))
+    try:  # same identity as the tokenizer read from the GGUF (feature-cache keys, summaries)
+        tok.name_or_path = str(gguf.parent)
+    except AttributeError:
+        pass
+    return tok
+
+
+def _convert_gguf(gguf: Path, dtype: torch.dtype, entry: Path) -> None:
+    """De-quantise every tensor of ``gguf`` once, into ``dtype``, and store a checkpoint folder."""
+    import tempfile
+
+    import numpy as np
+    from gguf import GGUFReader, dequantize
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import (
+        TENSOR_PROCESSORS,
+        TensorProcessor,
+        get_gguf_hf_weights_map,
+        read_field,
+    )
+
+    config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    for attr in ("quantization_config", "_is_quantized"):
+        if hasattr(config, attr):
+            try:
+                delattr(config, attr)
+            except AttributeError:
+                pass
+    with torch.device("meta"):  # names and shapes only, no memory
+        skeleton = AutoModelForCausalLM.from_config(config)
+    reader = GGUFReader(str(gguf))
+    arch = read_field(reader, "general.architecture")[0]
+    processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=config.to_dict())
+    mapping = get_gguf_hf_weights_map(skeleton, processor)
+    tensors: dict[str, torch.Tensor] = {}
+    parsed = {"tensors": tensors, "config": config.to_dict()}
+    for t in reader.tensors:
+        result = processor.process(weights=dequantize(t.data, t.tensor_type), name=t.name,
+                                   tensor_key_mapping=mapping, parsed_parameters=parsed)
+        if result.name not in mapping:
+            continue
+        w = np.ascontiguousarray(result.weights)
+        if not w.flags.writeable:  # an unquantised tensor comes back as a view of the read-only file map
+            w = w.copy()
+        tensors[mapping[result.name]] = torch.from_numpy(w).to(dtype)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=entry.parent))
+    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    del tensors, parsed
+    config.dtype = dtype
+    config.save_pretrained(str(tmp))
+    _publish(tmp, entry)
+
+
+def _cached_gguf_causal_lm(gguf: Path, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM
+
+    entry = _gguf_entry(gguf, "causal_lm", dtype=str(dtype))
+    if not (entry / "model.safetensors").is_file():
+        _convert_gguf(gguf, dtype, entry)
+    model = AutoModelForCausalLM.from_pretrained(str(entry), dtype=dtype)
+    model.config._name_or_path = str(gguf.parent)
     return model
 
 

@@ -79,6 +79,15 @@ class RunTrainer(Trainer):
             self.diverged = (self.state.global_step + 1, "grad_norm", float(norm))
         return norm
 
+    eval_by_length = False  # set by fit (trainer.eval_order)
+
+    def _get_eval_sampler(self, eval_dataset):
+        """Length-sorted evaluation batches (less padding); predictions and labels keep the same order."""
+        if not self.eval_by_length or not hasattr(eval_dataset, "column_names") or "input_ids" not in eval_dataset.column_names:
+            return super()._get_eval_sampler(eval_dataset)
+        lengths = [len(x) for x in eval_dataset["input_ids"]]
+        return sorted(range(len(lengths)), key=lengths.__getitem__)
+
     def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
         from safetensors.torch import save_file
 
@@ -216,6 +225,7 @@ def _training_arguments(run: RunConfig, run_dir: Path, device: torch.device) -> 
         report_to=[],  # W&B is started by lora_research.tracking; Trainer's callback is added there
         disable_tqdm=True,
         remove_unused_columns=True,
+        train_sampling_strategy=t.train_sampling,
     )
 
 
@@ -276,6 +286,18 @@ def load_init(model, source: str, family, base=None) -> list[str]:
     count differs). See :func:`lora_research.adapter_file.init_from`.
     """
     return adapter_file.init_from(model, source, family, base=base)
+
+
+def _eval_by_length(order: str, model, world_size: int) -> bool:
+    """``trainer.eval_order``: sort eval batches by length only where no reported number can change.
+
+    Per-example losses (classification / regression heads, ``accepts_loss_kwargs`` False) average to
+    the same dev loss in any order, and their metrics do not depend on order; a causal LM's dev loss is
+    a mean of per-batch token means, which depends on how examples are batched: file order (``auto``).
+    """
+    if order == "file" or world_size > 1:
+        return False
+    return order == "length" or getattr(model, "accepts_loss_kwargs", True) is False
 
 
 def _peak_rss_mb() -> float:
@@ -360,9 +382,11 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
         train_dataset=data.train,
         eval_dataset=data.evals,
         data_collator=data.collator,
-        compute_metrics=task.compute_metrics,
+        # a task without prediction metrics (E2E: dev loss only) must not make Trainer keep every dev logit
+        compute_metrics=task.compute_metrics if type(task).compute_metrics is not Task.compute_metrics else None,
         callbacks=callbacks,
     )
+    trainer.eval_by_length = _eval_by_length(t.eval_order, model, trainer.args.world_size)
     divergence.trainer = trainer
     resume = _resume_checkpoint(run, run_dir)
     step = int(Path(resume).name.split("-")[-1]) if resume else 0
