@@ -93,6 +93,8 @@ TABLE3_ROWS = {"full_ft": "FT*", "adapter_l_0.37m": "Adapter^L* 0.37M", "adapter
 
 # --- Tables 5 and 6 (GPT-3 175B; validation accuracy) ----------------------------------------------
 
+# Tables 5, 6 and 18 vary LoRA's own settings (targets, r): their rows are runs of this method.
+RANK_STUDY_METHOD = "lora"
 TABLE5_COLUMNS = [("q",), ("k",), ("v",), ("o",), ("q", "k"), ("q", "v"), ("q", "k", "v", "o")]
 TABLE5_R = {("q",): 8, ("k",): 8, ("v",): 8, ("o",): 8, ("q", "k"): 4, ("q", "v"): 4, ("q", "k", "v", "o"): 2}
 TABLE5 = {

@@ -87,11 +87,16 @@ def _other_keys_note(cells_df, used: set) -> list[str]:
     return out
 
 
+def _runs_of(c, method: str):
+    """The cells of runs of ``method`` (the method a paper table studies), none if the column is absent."""
+    return c[c["method.name"].eq(method)] if "method.name" in c.columns else c.iloc[0:0]
+
+
 # --- Tables 5 and 6 -------------------------------------------------------------------------------
 
 def table5(df, **kw) -> Layout:
     c = make_cells(df, **kw)
-    c = c[c["method.name"] == "lora"] if "method.name" in c.columns else c.iloc[0:0]
+    c = _runs_of(c, P.RANK_STUDY_METHOD)
     lay = Layout("table5", "Table 5: which weight matrices to adapt, at a fixed parameter budget",
                  ["dataset", "source"], [P.targets_title(t) for t in P.TABLE5_COLUMNS])
     tasks = sorted(set(c["task"])) if not c.empty else []
@@ -128,7 +133,7 @@ def table5(df, **kw) -> Layout:
 
 def table6(df, **kw) -> Layout:
     c = make_cells(df, **kw)
-    c = c[c["method.name"] == "lora"] if "method.name" in c.columns else c.iloc[0:0]
+    c = _runs_of(c, P.RANK_STUDY_METHOD)
     cols = [f"r={r}" for r in P.TABLE6_R]
     lay = Layout("table6", "Table 6: the effect of the rank r", ["dataset", "adapted"], cols)
     tasks = sorted(set(c["task"])) if not c.empty else []
@@ -293,7 +298,7 @@ def table18(df, **kw) -> Layout:
     if c.empty:
         lay.notes.append("No completed runs.")
     else:
-        c = c[c["method.name"] == "lora"]
+        c = _runs_of(c, P.RANK_STUDY_METHOD)
         groups: dict = {}
         for _, ln in c.iterrows():
             rest = tuple((k, v) for k, v in ln["row_key"] if k != "method.r")
