@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from lora_research import adapter_file, distributed, outputs
@@ -139,6 +139,38 @@ class DivergenceCallback(TrainerCallback):
             if isinstance(v, (int, float)) and not isinstance(v, bool) and _nonfinite(float(v)):
                 name = k[len("eval_"):] if k.startswith("eval_") else k
                 raise Diverged(state.global_step, name, float(v))
+
+
+class ConsoleCallback(TrainerCallback):
+    """The console is for people: one progress bar over the training steps (on a terminal, rank 0),
+    while Trainer's per-step log dicts go to the run's log file only (Hydra's ``train.log``)."""
+
+    def __init__(self):
+        self.bar = None
+        self.file_log = logging.getLogger("lora_research.trainer_log")
+        self.file_log.propagate = False  # not the console handler; the file handlers are added below
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.file_log.handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+        self.file_log.setLevel(logging.INFO)
+        if state.is_world_process_zero:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, unit="step", file=sys.stderr,
+                            disable=None, leave=False, dynamic_ncols=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            self.file_log.info("step %d: %s", state.global_step, json.dumps(logs, default=str))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 class RunFolderCallback(TrainerCallback):
@@ -386,6 +418,8 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
         compute_metrics=task.compute_metrics if type(task).compute_metrics is not Task.compute_metrics else None,
         callbacks=callbacks,
     )
+    trainer.remove_callback(PrinterCallback)  # its print(logs) is replaced by ConsoleCallback
+    trainer.add_callback(ConsoleCallback())
     trainer.eval_by_length = _eval_by_length(t.eval_order, model, trainer.args.world_size)
     divergence.trainer = trainer
     resume = _resume_checkpoint(run, run_dir)
