@@ -58,15 +58,14 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 
+from lora_research.atomic import atomic_write
 from lora_research.targets import FAMILIES, FamilySpec, get_family, is_head_parameter
 
 log = logging.getLogger(__name__)
@@ -494,21 +493,7 @@ def save(path: Path | str, tensors: Mapping[str, torch.Tensor], metadata: Mappin
     meta["checksum"] = checksum(tensors)
     verify_index(path, tensors, meta)
     encoded = {k: v if isinstance(v, str) else json.dumps(v, allow_nan=False) for k, v in meta.items()}
-    # atomically and with the umask's mode, as every run-folder file (lora_research.outputs
-    # imports this module, so its atomic_write cannot be imported here)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=encoded)
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=encoded))
     return path
 
 

@@ -63,12 +63,13 @@ import math
 import os
 import shutil
 import struct
-import tempfile
 import time
 import traceback as _traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional
+
+from lora_research.atomic import atomic_write  # the run folder's writer (tests patch outputs.atomic_write)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -87,40 +88,6 @@ STATUSES = ("failed", "diverged", "preempted")
 
 
 # --------------------------------------------------------------------------- writing
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where Linux allows (``/proc/self/status``)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path | str, write) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then move it onto ``path``.
-
-    The file ends up with the mode ``open()`` would give it (``0666 & ~umask``), not mkstemp's 0600.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def atomic_write_text(path: Path | str, text: str) -> Path:
