@@ -148,6 +148,9 @@ def evaluate(run_dir, *, split: Optional[str] = None, max_mrs: Any = "default", 
 def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
+    from lora_research.console import quiet_libraries
+
+    quiet_libraries()
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return 0

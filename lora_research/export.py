@@ -366,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from lora_research.console import quiet_libraries
+
+    quiet_libraries()
     kw: dict[str, Any] = dict(verify=not args.no_verify, tol=args.tol, overwrite=args.overwrite, device=args.device)
     if args.to == "peft":
         kw["save_base"] = args.save_base

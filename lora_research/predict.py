@@ -240,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from lora_research.console import quiet_libraries
+
+    quiet_libraries()
     try:
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1 (got {args.batch_size})")

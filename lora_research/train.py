@@ -246,20 +246,11 @@ def _job_record(hc, run_dir: Path, status: str, reason: str = "") -> None:
         log.warning("could not record job status in %s: %s", hc.sweep.dir, outputs.error_message(e))
 
 
-def _quiet_libraries() -> None:
-    """The console is for people: no per-split ``datasets`` bars, no weight-loading bar or load report
-    from transformers (a fresh task head is expected to be missing from the checkpoint)."""
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-
-
 @hydra.main(config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    _quiet_libraries()
+    from lora_research.console import quiet_libraries
+
+    quiet_libraries()
     hc = HydraConfig.get()
     run_dir = distributed.shared_run_dir(Path(hc.runtime.output_dir))
     distributed.take_local_parallel_slot(cfg, hc)  # local_parallel: this job's share of CPUs / GPU
