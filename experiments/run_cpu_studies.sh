@@ -21,7 +21,7 @@ export GLUE_DIR="${GLUE_DIR:-$(cd .. && pwd)/shared/data/glue}"
 export E2E_DIR="${E2E_DIR:-$(cd .. && pwd)/shared/data/e2e}"
 OUT=outputs/cpu
 RES=results/cpu
-PAR="hydra/launcher=local_parallel hydra.launcher.n_jobs=2 logger=none"
+PAR="${PAR:-hydra/launcher=local_parallel hydra.launcher.n_jobs=2 logger=none}"  # e.g. PAR="hydra.launcher.n_jobs=1 trainer.threads=1 ..." to share the machine
 mkdir -p "$OUT" "$RES"
 
 run() {  # run <name> <command...>: the command, logged with its wall time into results/cpu/<name>.command

@@ -231,10 +231,17 @@ def _shared_prompt_cache(model, ids: torch.Tensor, mask: torch.Tensor, num_beams
     pos = mask.long().cumsum(-1) - 1
     pos = pos.masked_fill(mask == 0, 1)
     cache = DynamicCache(config=model.config)
-    model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1], past_key_values=cache,
+    model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1], **{cache_keyword(model): cache},
           use_cache=True, logits_to_keep=1)
     cache.batch_repeat_interleave(num_beams)
     return cache
+
+
+def cache_keyword(model) -> str:
+    """The key/value cache keyword of ``model.forward``: ``cache`` since transformers 5.2x, ``past_key_values`` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
 
 
 @torch.no_grad()
@@ -277,7 +284,7 @@ def generate(
             prompt_len = ids.shape[1]
             extra = {}
             if fast and beam and prompt_len > 1:
-                extra["past_key_values"] = _shared_prompt_cache(model, ids, mask, cfg.num_beams)
+                extra[cache_keyword(model)] = _shared_prompt_cache(model, ids, mask, cfg.num_beams)
             gen_cfg = GenerationConfig(
                 max_new_tokens=cfg.max_new_tokens,
                 do_sample=False,
