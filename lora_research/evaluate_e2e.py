@@ -35,37 +35,39 @@ from lora_research import outputs
 KEYS = ("run_dir", "split", "max_mrs", "weights", "tag", "device", "threads")
 
 
-def _value(text: str) -> Any:
-    if text.lower() in ("null", "none"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
+STRING_KEYS = ("run_dir", "tag", "weights", "device", "split")  # kept as typed (a tag "1" stays "1")
 
 
 def parse_args(argv: list[str]) -> tuple[dict, dict]:
-    """``key=value`` tokens → (options, decode overrides)."""
+    """``key=value`` tokens (OmegaConf's dotlist, YAML-typed values) → (options, decode overrides)."""
+    from omegaconf import OmegaConf
+
     from lora_research.decoding import DecodeConfig
 
-    opts: dict[str, Any] = {"weights": "best", "device": "cpu", "threads": 0}
-    decode: dict[str, Any] = {}
     valid_decode = [f.name for f in fields(DecodeConfig)]
+    valid = f"valid keys: {list(KEYS)} and decode.<{'|'.join(valid_decode)}>"
     for tok in argv:
-        key, sep, val = tok.partition("=")
-        if not sep:
-            raise ValueError(f"argument {tok!r} is not key=value; valid keys: {list(KEYS)} and decode.<{'|'.join(valid_decode)}>")
-        if key.startswith("decode."):
-            k = key[len("decode."):]
-            if k not in valid_decode:
-                raise ValueError(f"unknown decoding setting {k!r}; valid: {valid_decode}")
-            decode[k] = _value(val) if k != "early_stopping" else val.lower()
-        elif key in KEYS:
-            opts[key] = val if key in ("run_dir", "tag", "weights", "device", "split") else _value(val)
-        else:
-            raise ValueError(f"unknown argument {key!r}; valid keys: {list(KEYS)} and decode.<{'|'.join(valid_decode)}>")
+        if "=" not in tok:
+            raise ValueError(f"argument {tok!r} is not key=value; {valid}")
+    try:
+        given = OmegaConf.to_container(OmegaConf.from_dotlist(list(argv)))
+    except Exception as e:  # noqa: BLE001 - OmegaConf's grammar errors
+        raise ValueError(f"arguments {list(argv)} do not parse as key=value ({outputs.one_line(e)[:160]}); {valid}") from None
+    opts: dict[str, Any] = {"weights": "best", "device": "cpu", "threads": 0}
+    decode = given.pop("decode", {})
+    if not isinstance(decode, dict):
+        raise ValueError(f"decode={decode!r} is not valid; set one decoding setting at a time: decode.<{'|'.join(valid_decode)}>=VALUE")
+    for k, v in decode.items():
+        if k not in valid_decode:
+            raise ValueError(f"unknown decoding setting {k!r}; valid: {valid_decode}")
+        if k == "early_stopping":
+            decode[k] = str(v).lower()
+    for key, val in given.items():
+        if key not in KEYS:
+            raise ValueError(f"unknown argument {key!r}; {valid}")
+        opts[key] = str(val) if key in STRING_KEYS and val is not None else val
+    if opts.get("run_dir") in (None, ""):
+        opts.pop("run_dir", None)
     if "run_dir" not in opts:
         raise ValueError("run_dir=PATH is required")
     if opts["weights"] not in ("best", "init"):
@@ -84,20 +86,11 @@ def parse_args(argv: list[str]) -> tuple[dict, dict]:
 
 def check_run_dir(run_dir, weights: str = "best") -> None:
     """Refuse, before any model loads, a folder that is not a finished E2E run (one line, naming it)."""
-    from omegaconf import OmegaConf
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run_dir={run_dir}: no such folder")
-    cfg_path = run_dir / outputs.CONFIG_FILE
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder: no {outputs.CONFIG_FILE} "
-                                "(pass the folder that python -m lora_research.train wrote)")
-    try:
-        cfg = OmegaConf.to_container(OmegaConf.load(cfg_path))
-        task = cfg.get("task") or {}
-    except Exception as e:  # noqa: BLE001 - any YAML error
-        raise ValueError(f"{cfg_path} is unreadable ({outputs.one_line(e)[:160]})") from None
+    cfg = outputs.read_config(run_dir)
+    task = cfg.get("task") or {}
     from lora_research.tasks import get_task_class
 
     kind = task.get("kind", "glue")

@@ -79,6 +79,30 @@ ADAPTER_FILE = "adapter.safetensors"
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
+
+
+def read_config(run_dir: "Path | str", required: bool = True) -> dict:
+    """A run folder's resolved ``config.yaml`` as a plain dict (interpolations kept as written).
+
+    The one reader of that file (training's restore, evaluate_e2e, the results store, the analysis).
+    ``required=False``: ``{}`` for a folder without one. Raises ``FileNotFoundError`` naming the folder
+    when a required file is missing, ``ValueError`` when it is not a YAML mapping.
+    """
+    from omegaconf import OmegaConf
+
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        if not required:
+            return {}
+        raise FileNotFoundError(f"{run_dir} is not a run folder: no {CONFIG_FILE} "
+                                "(pass the folder that python -m lora_research.train wrote)")
+    try:
+        loaded = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception as e:  # noqa: BLE001 - any YAML error
+        raise ValueError(f"{path} is unreadable ({one_line(e)[:200]})") from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path} is unreadable (not a mapping)")
+    return loaded
 ERROR_FILE = "error.json"
 CHECKPOINTS_DIR = "checkpoints"
 REPLACED_PREFIX = "replaced-"
@@ -347,13 +371,10 @@ def inspect_run_dir(run_dir: Path | str) -> RunFolder:
     cfg_path = run_dir / CONFIG_FILE
     if cfg_path.is_file():
         try:
-            loaded = OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=False)
-            if not isinstance(loaded, dict):
-                raise ValueError("not a mapping")
-            state.config = loaded
-            state.fingerprint = fingerprint(loaded)
-        except Exception as e:  # noqa: BLE001 - any parse error: the folder's run cannot be identified
-            state.config_error = f"{cfg_path} is unreadable ({one_line(e)[:200]})"
+            state.config = read_config(run_dir)
+            state.fingerprint = fingerprint(state.config)
+        except ValueError as e:  # any parse error: the folder's run cannot be identified
+            state.config_error = str(e)
     summary_path, error_path = run_dir / SUMMARY_FILE, run_dir / ERROR_FILE
     if summary_path.is_file():
         try:

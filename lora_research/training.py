@@ -558,10 +558,7 @@ def restore_run(run_dir, *, device: str = "cpu", weights: str = "best"):
     from lora_research.config import validate
 
     run_dir = Path(run_dir)
-    cfg_path = run_dir / outputs.CONFIG_FILE
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a run folder: no {outputs.CONFIG_FILE}")
-    run = validate(OmegaConf.load(cfg_path))
+    run = validate(OmegaConf.create(outputs.read_config(run_dir)))
     family = resolve_family(run.model)
     task = build_task(run.task)
     tokenizer = load_tokenizer(run.model)

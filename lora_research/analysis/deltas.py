@@ -35,7 +35,7 @@ from typing import Iterator, Mapping, Optional, Sequence
 
 import torch
 
-from lora_research import adapter_file
+from lora_research import adapter_file, outputs
 from lora_research.adapter_file import (  # noqa: F401  (re-exported: the analysis' names)
     ADAPTER_FILE, FORMAT, AdapterEntry, BaseIdentity, BaseWeightLoader)
 
@@ -101,12 +101,7 @@ class AdapterRecord:
 
 
 def _read_config(run_dir: Optional[Path]) -> dict:
-    if run_dir is None or not (run_dir / "config.yaml").exists():
-        return {}
-    import yaml
-
-    with open(run_dir / "config.yaml") as fh:
-        return yaml.safe_load(fh) or {}
+    return {} if run_dir is None else outputs.read_config(run_dir, required=False)
 
 
 def load_adapter(run: "str | Path") -> AdapterRecord:

@@ -29,7 +29,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
-import yaml
+from lora_research import outputs
 
 SUMMARY, ERROR, CONFIG = "summary.json", "error.json", "config.yaml"
 CONFIG_GROUPS = ("model", "task", "method", "trainer", "logger")
@@ -106,9 +106,7 @@ def read_run(run_dir: Path | str) -> dict:
     """One run folder as a flat record (the row :func:`load_runs` gives it)."""
     d = Path(run_dir)
     rec: dict = {"run_dir": str(d)}
-    cfg = {}
-    if (d / CONFIG).is_file():
-        cfg = yaml.safe_load((d / CONFIG).read_text(encoding="utf-8")) or {}
+    cfg = outputs.read_config(d, required=False)
     rec.update(flatten({k: v for k, v in cfg.items() if k in CONFIG_GROUPS}))
     rec.update({k: _hashable(cfg[k]) for k in CONFIG_TOP if k in cfg})
     summary = _read_json(d / SUMMARY) if (d / SUMMARY).is_file() else None
