@@ -23,6 +23,7 @@ the others are missing under the key ``"errors"`` (see :func:`score_e2e`).
 from __future__ import annotations
 
 import shutil
+import os
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -158,12 +159,23 @@ def _ptb_tokenize(predictions: list[str], references: list[list[str]]) -> tuple[
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
     except ImportError as exc:
         raise _EnvironmentProblem(f"pycocoevalcap is not installed ({exc}); `pip install pycocoevalcap`") from exc
-    try:
-        tokenizer = PTBTokenizer()
-        gts = tokenizer.tokenize({i: [{"caption": r} for r in refs] for i, refs in enumerate(references)})
-        res = tokenizer.tokenize({i: [{"caption": p}] for i, p in enumerate(predictions)})
-    except Exception as exc:  # the Java tokenizer failed or returned garbage
-        raise _EnvironmentProblem(f"Stanford PTBTokenizer (Java) failed: {type(exc).__name__}: {exc}") from exc
+    import tempfile
+
+    with tempfile.TemporaryFile() as java_stderr:  # the jar's "PTBTokenizer tokenized N tokens ..." lines: not for the console
+        saved = os.dup(2)
+        try:
+            os.dup2(java_stderr.fileno(), 2)
+            tokenizer = PTBTokenizer()
+            gts = tokenizer.tokenize({i: [{"caption": r} for r in refs] for i, refs in enumerate(references)})
+            res = tokenizer.tokenize({i: [{"caption": p}] for i, p in enumerate(predictions)})
+        except Exception as exc:  # the Java tokenizer failed or returned garbage
+            java_stderr.seek(0)
+            said = java_stderr.read().decode("utf-8", "replace").strip()[-400:]
+            raise _EnvironmentProblem(f"Stanford PTBTokenizer (Java) failed: {type(exc).__name__}: {exc}"
+                                      + (f"; java said: {said}" if said else "")) from exc
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
     if len(res) != len(predictions) or len(gts) != len(references):
         raise _EnvironmentProblem("Stanford PTBTokenizer (Java) returned a wrong number of lines")
     return gts, res
