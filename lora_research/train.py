@@ -246,6 +246,21 @@ def _job_record(hc, run_dir: Path, status: str, reason: str = "") -> None:
         log.warning("could not record job status in %s: %s", hc.sweep.dir, outputs.error_message(e))
 
 
+def result_lines(summary: dict) -> list[str]:
+    """The console's result for a finished run: its best dev metrics, then (E2E) the decoded scores."""
+    shown = {k: v for k, v in summary["metrics"].items() if isinstance(v, float) and "/" not in k}
+    if len(shown) > 1:  # the dev loss is shown only when it is the only dev metric (E2E: the scores come from decoding)
+        shown.pop("loss", None)
+    lines = [f"best dev {summary['task']} (epoch {summary['best_epoch']}): " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items())]
+    final = summary.get("final_evaluation") or {}
+    scores = {k: v for k, v in final.items() if (k.isupper() or k in ("ROUGE_L", "CIDEr")) and isinstance(v, (int, float))}
+    if scores:
+        dec = final.get("decoding") or {}
+        lines.append(f"decoded {final.get('num_mrs', '?')} dev MRs ({dec.get('strategy', '?')}, beams {dec.get('num_beams', '?')}): "
+                     + ", ".join(f"{k}={v:.2f}" for k, v in scores.items()))
+    return lines
+
+
 @hydra.main(config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     from lora_research.console import quiet_libraries
@@ -294,9 +309,7 @@ def main(cfg: DictConfig) -> float | None:
               "(overwrite=true trains it again)")
     else:
         print(f"\nrun folder: {run_dir}")
-    print(f"best dev {summary['task']} (epoch {summary['best_epoch']}): " + ", ".join(
-        f"{k}={v:.4f}" for k, v in summary["metrics"].items() if isinstance(v, float) and "/" not in k and k != "loss"
-    ))
+    print("\n".join(result_lines(summary)))
     return main_value  # lets Hydra sweepers (e.g. Optuna) optimise the main metric
 
 

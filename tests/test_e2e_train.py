@@ -145,3 +145,17 @@ def test_experiment_presets_compose(preset):
     if preset == "gpt2m_lora_e2e_repo":
         assert run.task.decode.length_penalty == 0.8 and run.trainer.adam_epsilon == 1e-6
         assert run.trainer.max_grad_norm == 0.0 and run.seed == 110
+
+
+@pytest.mark.slow
+def test_console_result_names_the_decoded_scores(e2e_run):
+    """E2E's only dev metric is the loss; the console's result also gives the five decoded scores."""
+    from lora_research.train import result_lines
+
+    _, summary = e2e_run
+    best, decoded = result_lines(summary)
+    assert best == f"best dev e2e (epoch {summary['best_epoch']}): loss={summary['metrics']['loss']:.4f}"
+    fe = summary["final_evaluation"]
+    assert decoded.startswith(f"decoded {fe['num_mrs']} dev MRs (beam, beams 2): ")
+    for m in METRICS:
+        assert f"{m}={fe[m]:.2f}" in decoded
