@@ -642,9 +642,9 @@ def load_into(model, tensors: Mapping[str, torch.Tensor], names: Iterable[str], 
             raise AdapterFileError(
                 f"{source}: tensor {n!r} has shape {tuple(tensors[n].shape)} but the model's parameter has "
                 f"{tuple(params[n].shape)} (another rank, target set or model?)")
-    with torch.no_grad():
-        for n in names:
-            params[n].copy_(tensors[n])
+    unexpected = model.load_state_dict({n: tensors[n] for n in names}, strict=False).unexpected_keys
+    if unexpected:  # a name that is a parameter here always loads; kept as a guard on load_state_dict's naming
+        raise AdapterFileError(f"{source}: tensors {unexpected[:5]} are not in this model's state_dict")
     return names
 
 

@@ -108,13 +108,12 @@ class RunTrainer(Trainer):
             raise FileNotFoundError(f"checkpoint {resume_from_checkpoint} has no {TRAINABLE_FILE}")
         outputs.verify_checkpoint(resume_from_checkpoint)
         state = load_file(path)
-        params = dict(model.named_parameters())
-        missing = [n for n, p in params.items() if p.requires_grad and n not in state]
-        if missing:
-            raise ValueError(f"checkpoint {resume_from_checkpoint} lacks trainable tensors {missing[:5]}...")
-        with torch.no_grad():
-            for name, value in state.items():
-                params[name].copy_(value)
+        loaded = model.load_state_dict(state, strict=False)  # the frozen base is all of missing_keys
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        missing = sorted(trainable & set(loaded.missing_keys))
+        if missing or loaded.unexpected_keys:
+            raise ValueError(f"checkpoint {resume_from_checkpoint} does not match this run's trainable tensors "
+                             f"(missing {missing[:5]}, unexpected {loaded.unexpected_keys[:5]})")
 
 
 class DivergenceCallback(TrainerCallback):
