@@ -201,10 +201,6 @@ def check_method_inert(method_cfg: Any) -> None:
         if p is not None and (not _finite(p) or not 0 <= p < 1):
             extra = " (1 drops every input of the update: it never learns)" if p == 1 else ""
             raise ValueError(f"method.{key}={p!r} is not valid{extra}; valid: 0 <= {key} < 1")
-    d = getattr(method_cfg, "d_initial", None)
-    if name == "vera" and d is not None and d == 0:
-        raise ValueError("method.d_initial=0 with b initialised to 0 makes every VeRA gradient zero: nothing "
-                         "learns; valid: d_initial != 0 (e.g. 0.1)")
 
 
 def validate(cfg: DictConfig) -> RunConfig:

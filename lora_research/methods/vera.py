@@ -112,6 +112,9 @@ class VeRA(Method):
     def validate(self, family: FamilySpec) -> None:
         if self.cfg.r < 1:
             raise ValueError(f"method.r={self.cfg.r} is not valid for vera; it must be >= 1")
+        if self.cfg.d_initial == 0:
+            raise ValueError("method.d_initial=0 with b initialised to 0 makes every VeRA gradient zero: nothing "
+                             "learns; valid: d_initial != 0 (e.g. 0.1)")
         validate_matrices(self.cfg.targets, family)
 
     def apply(self, model: nn.Module, family: FamilySpec) -> nn.Module:
