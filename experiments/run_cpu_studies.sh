@@ -10,10 +10,12 @@
 # Every command and its wall time go to results/cpu/<study>.command. Jobs run two at a time
 # (hydra/launcher=local_parallel: one torch thread each on a 2-core machine).
 #
-# Sizes (2 cores, shared): table5 21 jobs, ~25 min; table6 45 jobs, ~55 min; table2 120 jobs (+32 search), ~6 h;
-# table3 16 jobs (+24 search) and table18 14 jobs: hours each (beam 10 on 100 MRs of SmolLM2 on CPU).
-# A killed sweep resumes: run the same line again (finished jobs are redone; use hydra.sweep.dir of a
-# single job with its overrides to resume only that one).
+# Sizes, one job at a time at one torch thread (PAR="logger=none trainer.threads=1", how they ran here next to other
+# work): table5 21 jobs, ~25 min; table6 45 jobs, ~55 min; table2 72 jobs (+18 search), ~1 CPU-min each on SST-2/STS-B
+# and ~2 on MRPC/RTE; table3 14 jobs (+21 search, ~3.5 min each) and table18 14 jobs at ~10 CPU-min each (beam 10
+# on 100 MRs of SmolLM2 on CPU is most of it).
+# A killed sweep resumes: run the same line again (same hydra.sweep.dir): completed jobs are skipped, the
+# interrupted one resumes from its last checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d .venv ] && . .venv/bin/activate
@@ -43,9 +45,8 @@ search() {  # search <preset>: the recorded lr search, once; then regenerate the
   python experiments/make_study_presets.py
 }
 
-study() {  # study <name> [layout]
+study() {  # study <name> [layout]  (the .command file is appended to: a sweep resumed in a later session adds its wall time)
   local s=$1 layout=${2:-$1}
-  : > "$RES/$s.command"
   run "$s" python -m lora_research.train -m experiment=cpu/$s $PAR hydra.sweep.dir=$OUT/$s
   run "$s" python -m lora_research.results $OUT/$s --layout "$layout" --out $RES/$s.md
 }
