@@ -77,13 +77,20 @@ def _other_keys_note(cells_df, used: set) -> list[str]:
     """Row-key columns beyond the layout's own (alpha, lr, ...) that split rows: say so."""
     skip = {"row", "row_key", "row_id", "task", "metric", "value", "agg", "n", "std", "min", "max", "seeds", "lr",
             "params", "runs"} | used
+    def values(frame, c) -> set:
+        return {fmt_value(v) for v in frame[c] if v is not None and fmt_value(v) != "nan"}
+
+    # An option of one method only (a prefix length, an adapter's init) is not a split between methods:
+    # a key is named when it takes several values inside one method's rows.
+    groups = ([g for _, g in cells_df.groupby("method.name", dropna=False)] if "method.name" in cells_df.columns
+              else [cells_df])
     out = []
     for c in cells_df.columns:
         if c in skip:
             continue
-        vals = {fmt_value(v) for v in cells_df[c] if v is not None}
-        if len(vals) > 1:
-            out.append(f"`{c}` differs between rows ({', '.join(sorted(vals))}): those runs are separate rows, never pooled.")
+        if any(len(values(g, c)) > 1 for g in groups):
+            out.append(f"`{c}` differs between rows ({', '.join(sorted(values(cells_df, c)))}): "
+                       "those runs are separate rows, never pooled.")
     return out
 
 
@@ -216,7 +223,7 @@ def _table2(df, study: str, paper_rows: dict, paper_table: dict | None, **kw) ->
         avg_paper = P.table2_avg(paper_vals, tasks_present) if paper_vals else None
         per["Avg (our tasks)"] = ({"value": avg_ours, "std": 0.0, "n": 0, "min": None, "max": None, "agg": "mean",
                                    "lr": None, "params": None, "seeds": (), "runs": ()} if avg_ours is not None else None, avg_paper)
-        params = sorted({fmt_value(p) for p in sub["params"]})
+        params = sorted({_count(p) for p in sub["params"]})
         lrs = {t: fmt_value(l) for t, l in zip(sub["task"], sub["lr"])}
         lr = next(iter(set(lrs.values()))) if len(set(lrs.values())) == 1 else "; ".join(f"{k} {v}" for k, v in lrs.items())
         _add(lay, [row, ref_label, ", ".join(params), paper_params or DASH, lr], per)
@@ -228,6 +235,15 @@ def _table2(df, study: str, paper_rows: dict, paper_table: dict | None, **kw) ->
     lay.notes += _other_keys_note(c, {"method.name", "model.name"})
     lay.plot = {"kind": "heatmap", "ours": heat, "columns": [P.GLUE_TASK_TITLES[t] for t in tasks_present]}
     return lay
+
+
+def _count(n) -> str:
+    """A parameter count as the paper prints it (0.3M, 125.0M); exact below 100k."""
+    try:
+        n = float(n)
+    except (TypeError, ValueError):
+        return str(n)
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{int(n):,}"
 
 
 def _order(c, row, order):
@@ -275,7 +291,7 @@ def table3(df, **kw) -> Layout:
         for m in P.E2E_METRICS:
             ln = sub[sub["metric"] == f"final.{m}"]
             per[P.E2E_TITLES[m]] = (_cell_dict(ln.iloc[0]) if len(ln) else None, paper_vals.get(m))
-        params = sorted({fmt_value(p) for p in sub["params"]})
+        params = sorted({_count(p) for p in sub["params"]})
         lr = ", ".join(sorted({fmt_value(l) for l in sub["lr"]}))
         _add(lay, [row, f"GPT-2 M {ref}" if ref else DASH, ", ".join(params), paper_params or DASH, lr], per, digits=2)
         bars[row] = per["BLEU"][0]["value"] if per["BLEU"][0] else None
