@@ -138,3 +138,18 @@ def test_paper_tables_match_paper_md():
     for name, table in (("base", P.TABLE2_BASE), ("large", P.TABLE2_LARGE)):
         for row, (_, vals, avg) in table.items():
             assert abs(sum(vals.values()) / 8 - avg) < 0.06, (name, row)  # the paper's Avg column is its mean
+
+
+def test_table2_names_only_keys_that_split_one_methods_rows(tmp_path):
+    """A method-only option (prefix length) is no split between methods; two alphas of LoRA are, and say so.
+    Parameter counts print as the paper's (0.03M) or exactly below 100k."""
+    make_run(tmp_path, "lora", value=0.9, params=73728)
+    make_run(tmp_path, "prefix", value=0.8, method="prefix_layer", method_cfg={"prefix_len": 8}, params=18432)
+    md = layouts.to_markdown(layouts.render("table2", load_runs(tmp_path)))
+    assert "never pooled" not in md
+    assert "| 73,728 |" in md and "| 18,432 |" in md
+    make_run(tmp_path, "lora_a8", value=0.7, method_cfg={"alpha": 8.0}, params=150000)
+    md = layouts.to_markdown(layouts.render("table2", load_runs(tmp_path)))
+    notes = [x for x in md.splitlines() if "never pooled" in x]
+    assert len(notes) == 1 and notes[0].startswith("- `method.alpha` differs between rows (16, 8)"), notes
+    assert "| 0.15M |" in md
