@@ -128,6 +128,14 @@ def test_lr_search_layout_marks_the_best_and_the_generator_reads_it(tmp_path):
     assert "**chosen**" in out.read_text()
 
 
+def test_lr_search_tie_goes_to_the_lowest_dev_loss(tmp_path):
+    """Every lr scoring the same (a method that decoded nothing: BLEU 0) is no reason to take the first lr."""
+    for lr, loss in ((1e-3, 4.8), (3e-3, 4.5), (1e-2, 4.2)):
+        make_run(tmp_path, f"lr{lr}", value=0.0, loss=loss, trainer={"lr": lr}, experiment_name=f"sst2-minilm-prefix_lr{lr}")
+    lay = layouts.lr_search(load_runs(tmp_path))
+    assert [r["labels"][1] for r in lay.rows] == ["0.001", "0.003", "0.01  **chosen**"], lay.rows
+
+
 def test_paper_tables_match_paper_md():
     assert P.TABLE2_BASE["LoRA"][1]["rte"] == 86.6 and P.TABLE2_BASE["LoRA"][2] == 87.2
     assert P.TABLE2_LARGE["Adpt^H† 0.8M"][1]["rte"] == 72.9

@@ -354,16 +354,21 @@ def lr_search(df, **kw) -> Layout:
         return lay
     c = c.copy()
     c["family"] = [re.sub(r"_lr[^_]*$", "", str(rid)) for rid in c["row_id"]]
+    loss = {}  # tie-break: equal scores (e.g. BLEU 0 at every lr) go to the lowest dev loss
+    if "metrics.loss" in df.columns and df["metrics.loss"].notna().any():
+        lc = make_cells(df, metrics=["metrics.loss"], **kw)
+        loss = dict(zip(lc["row_id"], lc["value"]))
     for fam in dict.fromkeys(c["family"]):
         sub = c[c["family"] == fam].sort_values("lr")
-        best = sub["value"].idxmax()
+        top = sub[sub["value"] == sub["value"].max()]
+        best = min(top.index, key=lambda i: loss.get(top.loc[i, "row_id"], float("inf")))
         for i, ln in sub.iterrows():
             chosen = "yes" if i == best else ""
             _add(lay, [fam, fmt_value(ln["lr"])], {"score": (_cell_dict(ln), None)}, digits=2,
                  extra={"row": fam, "chosen": chosen, "task": ln["task"]})
             lay.rows[-1]["labels"][1] += "  **chosen**" if chosen else ""
     lay.notes.append(f"Score: {metric} ({'BLEU of the decoded dev MRs' if metric == 'final.BLEU' else 'the headline dev metric'}); "
-                     "the highest is chosen. Chosen on the dev set the tables report, as the paper's tuning was.")
+                     "the highest is chosen (a tie: the lowest dev loss). Chosen on the dev set the tables report, as the paper's tuning was.")
     lay.notes.append(_agg_note(c))
     lay.plot = {}
     return lay
