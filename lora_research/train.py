@@ -253,7 +253,9 @@ def result_lines(summary: dict) -> list[str]:
         shown.pop("loss", None)
     lines = [f"best dev {summary['task']} (epoch {summary['best_epoch']}): " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items())]
     final = summary.get("final_evaluation") or {}
-    scores = {k: v for k, v in final.items() if (k.isupper() or k in ("ROUGE_L", "CIDEr")) and isinstance(v, (int, float))}
+    from lora_research.metrics.e2e import E2E_METRICS
+
+    scores = {k: final[k] for k in E2E_METRICS if isinstance(final.get(k), (int, float))}
     if scores:
         dec = final.get("decoding") or {}
         lines.append(f"decoded {final.get('num_mrs', '?')} dev MRs ({dec.get('strategy', '?')}, beams {dec.get('num_beams', '?')}): "
