@@ -66,9 +66,7 @@ def parse_args(argv: list[str]) -> tuple[dict, dict]:
         if key not in KEYS:
             raise ValueError(f"unknown argument {key!r}; {valid}")
         opts[key] = str(val) if key in STRING_KEYS and val is not None else val
-    if opts.get("run_dir") in (None, ""):
-        opts.pop("run_dir", None)
-    if "run_dir" not in opts:
+    if not opts.get("run_dir"):
         raise ValueError("run_dir=PATH is required")
     if opts["weights"] not in ("best", "init"):
         raise ValueError(f"weights={opts['weights']!r}; valid choices: best, init")
