@@ -384,7 +384,13 @@ def load_glue(
     wanted = resolve_splits(spec, splits)
     if data_dir is None:
         kwargs = {"revision": revision} if revision else {}
-        full = datasets.load_dataset(HUB_DATASET_ID, spec.name, **kwargs)
+        try:
+            full = datasets.load_dataset(HUB_DATASET_ID, spec.name, **kwargs)
+        except (ConnectionError, OSError) as e:  # offline: say how to use local files instead
+            raise ConnectionError(
+                f"could not load {HUB_DATASET_ID}/{spec.name} from the Hugging Face hub ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:160] if str(e) else ''}); without the hub, set GLUE_DIR (or task.data_dir) "
+                "to a folder in the GLUE download layout (<dir>/SST-2/train.tsv ...)") from e
         absent = [s for s in wanted if s not in full]
         if absent:
             raise ValueError(
