@@ -30,7 +30,7 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from lora_research import adapter_file, distributed, outputs
+from lora_research import adapter_file, distributed, lm_loss, outputs
 from lora_research.config import RunConfig
 from lora_research.methods import Method, count_parameters, get_method_class
 from lora_research.models import load_model, load_tokenizer, pick_device, resolve_family
@@ -78,6 +78,22 @@ class RunTrainer(Trainer):
         ):  # fp16: GradScaler skips steps with inf gradients by design
             self.diverged = (self.state.global_step + 1, "grad_norm", float(norm))
         return norm
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """A causal LM's loss from the logits of its labelled positions only (:mod:`lora_research.lm_loss`:
+        the same value as Trainer's, without the [batch, length, vocabulary] logits and their copies).
+        Other models, and evaluations that keep logits for ``compute_metrics``, take Trainer's path."""
+        if "labels" not in inputs or (return_outputs and self.compute_metrics is not None) or not self._causal_lm(model):
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        loss = lm_loss.completion_loss(model, inputs, label_smoothing=self.args.label_smoothing_factor,
+                                       num_items_in_batch=num_items_in_batch)
+        return (loss, {}) if return_outputs else loss
+
+    def _causal_lm(self, model) -> bool:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        # Trainer's own test for a label-shifting loss (Trainer.compute_loss)
+        return self.accelerator.unwrap_model(model)._get_name() in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
 
     eval_by_length = False  # set by fit (trainer.eval_order)
 
