@@ -68,12 +68,10 @@ def _project_modules(model) -> list[str]:
 
 def unwrap_merged(model) -> int:
     """Replace every merged wrapper (a module with ``merged`` true and a ``base`` module) by its base."""
-    from lora_research.methods.base import replace_module
-
     n = 0
     for name, mod in list(model.named_modules()):
         if name and getattr(mod, "merged", False) and isinstance(getattr(mod, "base", None), torch.nn.Module):
-            replace_module(model, name, mod.base)
+            model.set_submodule(name, mod.base, strict=True)
             n += 1
     return n
 

@@ -138,7 +138,7 @@ def _json_line(line: str, where, n: int) -> dict:
 
 def _texts(task, ex: dict, n: int) -> list[str]:
     """The task's text columns of one example (GLUE hub names, or the GLUE files' own names)."""
-    from lora_research.tasks.glue import _tsv_format
+    from lora_research.tasks.glue_files import _tsv_format
 
     cols = list(task.spec.text_columns)
     if "_fields" in ex:

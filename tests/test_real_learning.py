@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import compose
-from lora_research.tasks.glue import load_glue
+from lora_research.tasks.glue_files import load_glue
 from lora_research.train import run
 
 

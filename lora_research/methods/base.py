@@ -150,8 +150,3 @@ def count_parameters(model: nn.Module, family: FamilySpec) -> ParamCounts:
             if is_head_parameter(name, family):
                 head += p.numel()
     return ParamCounts(trainable, trainable - head, head, total)
-
-
-def replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
-    """``model.set_submodule(path, new, strict=True)``; kept for ``export.py``, new code calls torch directly."""
-    model.set_submodule(path, new, strict=True)
