@@ -12,7 +12,6 @@ Formats, as read by the official ``measure_scores.py`` (tuetschek/e2e-metrics):
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 
@@ -55,19 +54,15 @@ def read_reference_file(path: str | Path) -> list[list[str]]:
 def read_e2e_csv(path: str | Path) -> tuple[list[str], list[list[str]]]:
     """Read an E2E dataset CSV (``mr,ref`` rows) -> (MRs, references per MR).
 
-    MRs are in order of first appearance; a line break inside a text is replaced by a space (the
-    CSVs are CRLF with a few quoted multi-line fields, hence ``newline=''``). The header row is
-    skipped when its first two fields are ``mr`` and ``ref`` (any case).
+    The rows come from the task's reader (:func:`lora_research.tasks.e2e.read_csv`: header ``mr,ref``,
+    CRLF with a few quoted multi-line fields, a clear error on a bad file); MRs are in order of first
+    appearance and a line break inside a text is replaced by a space.
     """
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.reader(fh))
-    if rows and [f.strip().lower() for f in rows[0][:2]] == ["mr", "ref"]:
-        rows = rows[1:]
+    from lora_research.tasks.e2e import read_csv
+
     groups: dict[str, list[str]] = {}
-    for row_no, row in enumerate(rows, start=2):
-        if len(row) < 2:
-            raise ValueError(f"{path}: row {row_no} has {len(row)} field(s), expected mr,ref: {row!r}")
-        groups.setdefault(_one_line(row[0]), []).append(_one_line(row[1]))
+    for _line, mr, ref in read_csv(path):
+        groups.setdefault(_one_line(mr), []).append(_one_line(ref))
     return list(groups), list(groups.values())
 
 
