@@ -4,7 +4,7 @@
 #   bash experiments/run_cpu_studies.sh [study ...]     # default: all, in the order below
 #   e.g. bash experiments/run_cpu_studies.sh table5 table6
 #
-# Each study: the learning-rate search its rows need (once), the presets regenerated from the chosen lr
+# Each study: the learning-rate search its rows need (skipping its completed jobs), the presets regenerated from the chosen lr
 # (experiments/make_study_presets.py reads results/cpu/lr_search_*.csv), the sweep into outputs/cpu/<study>,
 # then `python -m lora_research.results ... --layout <study> --out results/cpu/<study>.md` (+ .csv, .png).
 # Every command and its wall time go to results/cpu/<study>.command. Jobs run two at a time
@@ -35,13 +35,13 @@ run() {  # run <name> <command...>: the command, logged with its wall time into 
   printf '%s\n# wall time: %ss (%s), %s\n' "$*" "$wall" "$(date -u +%FT%TZ)" "$(nproc) cores" >> "$RES/$name.command"
 }
 
-search() {  # search <preset>: the recorded lr search, once; then regenerate the presets from its choice
+search() {  # search <preset>: the recorded lr search; then regenerate the presets from its choice
+  # Resumable like a study: completed jobs are skipped, so a later round added in make_study_presets.py
+  # (GLUE_LR_ROUNDS / E2E_LR_ROUNDS) runs only its new cells. Once every cell has a run, nothing runs.
   local s=$1
-  if [ ! -f "$RES/$s.csv" ]; then
-    : > "$RES/$s.command"
-    run "$s" python -m lora_research.train -m experiment=cpu/$s $PAR hydra.sweep.dir=$OUT/$s
-    run "$s" python -m lora_research.results $OUT/$s --layout lr_search --out $RES/$s.md
-  fi
+  python experiments/make_study_presets.py
+  run "$s" python -m lora_research.train -m experiment=cpu/$s $PAR hydra.sweep.dir=$OUT/$s
+  run "$s" python -m lora_research.results $OUT/$s --layout lr_search --out $RES/$s.md
   python experiments/make_study_presets.py
 }
 

@@ -2,3 +2,11 @@ python -m lora_research.train -m experiment=cpu/lr_search_e2e logger=none traine
 # wall time: 4768s (2026-12-02T00:09:34Z), 2 cores
 python -m lora_research.results outputs/cpu/lr_search_e2e --layout lr_search --out results/cpu/lr_search_e2e.md
 # wall time: 2s (2026-12-02T00:09:36Z), 2 cores
+python -m lora_research.train -m experiment=cpu/lr_search_e2e logger=none trainer.threads=1 hydra.sweep.dir=outputs/cpu/lr_search_e2e
+# wall time: 1589s (2026-12-02T01:28:37Z), 2 cores
+python -m lora_research.results outputs/cpu/lr_search_e2e --layout lr_search --out results/cpu/lr_search_e2e.md
+# wall time: 1s (2026-12-02T01:28:38Z), 2 cores
+python -m lora_research.train -m experiment=cpu/lr_search_e2e logger=none trainer.threads=1 hydra.sweep.dir=outputs/cpu/lr_search_e2e
+# wall time: 931s (2026-12-02T01:47:02Z), 2 cores
+python -m lora_research.results outputs/cpu/lr_search_e2e --layout lr_search --out results/cpu/lr_search_e2e.md
+# wall time: 1s (2026-12-02T01:47:03Z), 2 cores
