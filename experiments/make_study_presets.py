@@ -497,11 +497,12 @@ E2E_LR_GRID = {
     "prefix_layer": [1e-3, 3e-3, 1e-2],
 }
 # Later rounds (see GLUE_LR_ROUNDS). Round 2: PreLayer gets two steps, it decoded nothing at all three
-# first-round lrs (Adpt^H's top choice was missed in round 2). Rounds 3 and 4: the rows whose latest lr won.
+# first-round lrs (Adpt^H's top choice was missed in round 2). Rounds 3 to 5: the rows whose latest lr won.
 E2E_LR_ROUNDS = [
     {"ft_top2": [1e-3], "adapter_l": [1e-2], "prefix_embed": [3e-2], "prefix_layer": [3e-2, 1e-1], "lora": [1e-2]},
     {"adapter_l": [3e-2], "adapter_h": [3e-3], "prefix_embed": [1e-1], "prefix_layer": [3e-1], "lora": [3e-2]},
     {"adapter_h": [1e-2], "prefix_embed": [3e-1], "prefix_layer": [1.0]},
+    {"prefix_embed": [1.0]},
 ]
 E2E_LR_PROVISIONAL = {"lora": 1e-3, "full_ft": 3e-5, "ft_top2": 1e-4, "adapter_l": 1e-3, "adapter_l_large": 3e-4,
                       "adapter_h": 3e-4, "prefix_embed": 3e-3, "prefix_layer": 3e-3}
