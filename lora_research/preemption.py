@@ -59,6 +59,18 @@ class Preempted(Exception):
         }
 
 
+_late_signal: Optional[int] = None  # a signal that came after the last training step (see on_train_end)
+
+
+def late_signal() -> Optional[int]:
+    """The signal received after training's last step (during the final evaluation), once; else None.
+    The job that got it has finished and written its results; the caller stops instead of going on
+    to the next job of a sweep."""
+    global _late_signal
+    sig, _late_signal = _late_signal, None
+    return sig
+
+
 class PreemptionCallback(TrainerCallback):
     """Checkpoint-and-stop on a signal; installed for the duration of ``trainer.train()``."""
 
@@ -114,4 +126,9 @@ class PreemptionCallback(TrainerCallback):
                         requeue if callable(requeue) else None)
 
     def on_train_end(self, args, state, control, **kwargs):
+        global _late_signal
+        if self.signum is not None and not self._stopping:  # after the last step: no step end to act on it
+            _late_signal = self.signum
+            log.warning("%s received after the last training step: this run finishes (its results are written), "
+                        "then the process stops", signal.Signals(self.signum).name)
         self._restore()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -273,7 +274,7 @@ def main(cfg: DictConfig) -> float | None:
     distributed.take_local_parallel_slot(cfg, hc)  # local_parallel: this job's share of CPUs / GPU
     multirun = hc.mode.name == "MULTIRUN"
     group = hc.runtime.choices.get("experiment") or (Path(hc.sweep.dir).name if multirun else None)
-    from lora_research.preemption import EXIT_PREEMPTED, Preempted
+    from lora_research.preemption import EXIT_PREEMPTED, Preempted, late_signal
 
     label = f"job {hc.job.get('num', 0)} ({','.join(hc.overrides.task) or 'no overrides'}): " if multirun else ""
     resume_hint = (f"run the same command again with hydra.sweep.dir={hc.sweep.dir}" if multirun
@@ -304,6 +305,13 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(code)
     main_value = summary["metrics"].get(summary["main_metric"])
     _job_record(hc, run_dir, "skipped" if summary.get("already_completed") else "completed")
+    late = late_signal()
+    if late is not None:  # asked to stop during the final evaluation: this job is done, no further job starts
+        if distributed.is_main():
+            print(f"\nrun folder: {run_dir}\n" + "\n".join(result_lines(summary)))
+            print(f"interrupted: {label}{signal.Signals(late).name} received during the final evaluation; this run "
+                  f"completed; {resume_hint} to continue" + (" with the next job" if multirun else ""), file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
     if not distributed.is_main():
         return main_value
     if summary.get("already_completed"):

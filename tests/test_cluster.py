@@ -120,6 +120,33 @@ def test_cli_exits_with_the_resumable_code(glue_env, tmp_path, monkeypatch, caps
     assert "interrupted: stopped by SIGTERM at step 2" in err and "run the same command again" in err
 
 
+class _SignalAtFinalEvaluation(TrainerCallback):
+    """Sends SIGTERM while the last dev evaluation runs (after the last step: no step end follows)."""
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if state.global_step == state.max_steps:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_signal_during_the_final_evaluation_finishes_the_run_then_stops(glue_env, tmp_path, monkeypatch, capsys):
+    """A sweep killed while a job evaluates after its last step: that job completes (summary written), and
+    the process stops with the resumable code instead of going on to the next job."""
+    from lora_research.train import main
+
+    _with_callback(monkeypatch, _SignalAtFinalEvaluation())
+    monkeypatch.setattr(sys, "argv", [str(REPO / "lora_research" / "train.py"), *BASE, f"hydra.run.dir={tmp_path / 'run'}"])
+    handler_before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == EXIT_PREEMPTED
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["train_steps"] == 12
+    assert not (tmp_path / "run" / "error.json").exists()
+    err = capsys.readouterr().err
+    assert "interrupted:" in err and "SIGTERM received during the final evaluation; this run completed" in err
+    assert signal.getsignal(signal.SIGTERM) is handler_before
+
+
 def test_submitit_signal_checkpoints_then_hands_over_to_submitits_requeue(glue_env, tmp_path, monkeypatch):
     """On SLURM, submitit's USR2 handler requeues the job: it must run after our checkpoint."""
     from lora_research.train import main
