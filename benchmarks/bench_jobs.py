@@ -330,7 +330,9 @@ def section_memory(args, ours: Path, work: Path, e2e: dict | None = None) -> dic
         methods = ["full_ft"]
     for method in methods:
         d = work / "memory" / method
-        rec = run_job(["-m", "lora_research.train", *_e2e_overrides(steps, mrs, [f"method={method}"]), f"hydra.run.dir={d}"],
+        # full_ft: the experiment's LoRA options (r, alpha, dropout, targets) are deleted, not inherited
+        swap = [f"method={method}"] + ([f"~method.{k}" for k in ("r", "alpha", "dropout", "targets")] if method != "lora" else [])
+        rec = run_job(["-m", "lora_research.train", *_e2e_overrides(steps, mrs, swap), f"hydra.run.dir={d}"],
                       cwd=ours, work=work / "memory", name=method)
         s = json.loads((d / "summary.json").read_text())
         rec["self_rss_mb"] = s["peak_rss_mb"]
