@@ -305,14 +305,10 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(code)
     main_value = summary["metrics"].get(summary["main_metric"])
     _job_record(hc, run_dir, "skipped" if summary.get("already_completed") else "completed")
-    late = late_signal()
-    if late is not None:  # asked to stop during the final evaluation: this job is done, no further job starts
-        if distributed.is_main():
-            print(f"\nrun folder: {run_dir}\n" + "\n".join(result_lines(summary)))
-            print(f"interrupted: {label}{signal.Signals(late).name} received during the final evaluation; this run "
-                  f"completed; {resume_hint} to continue" + (" with the next job" if multirun else ""), file=sys.stderr)
-        sys.exit(EXIT_PREEMPTED)
+    late = late_signal()  # asked to stop during the final evaluation: this job is done, no further job starts
     if not distributed.is_main():
+        if late is not None:
+            sys.exit(EXIT_PREEMPTED)
         return main_value
     if summary.get("already_completed"):
         print(f"\n{label}run folder {run_dir} already holds this run, completed (same config): nothing to do "
@@ -320,6 +316,10 @@ def main(cfg: DictConfig) -> float | None:
     else:
         print(f"\nrun folder: {run_dir}")
     print("\n".join(result_lines(summary)))
+    if late is not None:
+        print(f"interrupted: {label}{signal.Signals(late).name} received during the final evaluation; this run "
+              f"completed; {resume_hint} to continue" + (" with the next job" if multirun else ""), file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
     return main_value  # lets Hydra sweepers (e.g. Optuna) optimise the main metric
 
 
