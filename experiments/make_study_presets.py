@@ -387,8 +387,8 @@ def cpu_lr_search_glue() -> dict:
     files[CONF / kind / f"{study}.yaml"] = study_file(
         kind, study,
         """The recorded learning-rate search behind the cpu/table2 rows (the paper tuned each method; an untuned
-baseline is not a comparison): each row of cpu/table2 at its own grid of 3 learning rates (plus a second round one step past the
-top for rows whose first choice was the top), in
+baseline is not a comparison): each row of cpu/table2 at its own grid of 3 learning rates (plus later rounds, GLUE_LR_ROUNDS, one
+step past the top for rows whose latest choice was the top), in
 cpu/table2's own setting (MiniLM, 500 training examples, 2 epochs at batch 16) on SST-2, seed 0, dev
 accuracy on all 872 dev sentences. The chosen lr per row (best dev accuracy) is results/cpu/lr_search_glue.csv's 'chosen'
 column; experiments/make_study_presets.py reads it into the cpu/table2 cells. The lr is chosen on
@@ -573,8 +573,9 @@ def cpu_e2e(chosen: dict) -> dict:
     files[CONF / "cpu" / "lr_search_e2e.yaml"] = study_file(
         "cpu", "lr_search_e2e",
         """The recorded learning-rate search behind cpu/table3 and cpu/table18: each row at its own grid of 3 learning
-rates (plus a second round past the top for rows whose first choice was the top) in the cpu/table3
-setting, seed 0, scored by BLEU of greedy decoding on 32 dev MRs (cheaper than beam 10 on 100). The chosen lr per row is results/cpu/lr_search_e2e.csv's 'chosen' column;
+rates (plus later rounds, E2E_LR_ROUNDS, one step past the top for rows whose latest choice was the
+top) in the cpu/table3 setting, seed 0, scored by BLEU of greedy decoding on 32 dev MRs (cheaper than
+beam 10 on 100). The chosen lr per row is results/cpu/lr_search_e2e.csv's 'chosen' column;
 experiments/make_study_presets.py reads it into cpu/table3 and cpu/table18.""",
         {"model": "smollm2", "task": "e2e"}, search, cells, "lora_lr1e-3", {"seed": "0"}, "lr_search")
     return files
