@@ -66,7 +66,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import torch
 
 from lora_research.atomic import atomic_write
-from lora_research.targets import FAMILIES, FamilySpec, get_family, is_head_parameter
+from lora_research.targets import FAMILIES, FamilySpec, is_head_parameter
 
 log = logging.getLogger(__name__)
 
@@ -823,8 +823,3 @@ def _peft_family(cfg: Mapping, modules: list) -> str:
         if where:
             return where[0]
     return ""
-
-
-def family_of(af: AdapterFile) -> Optional[FamilySpec]:
-    name = af.base.family or af.metadata.get("model_family")
-    return get_family(name) if name in FAMILIES else None

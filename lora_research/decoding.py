@@ -8,9 +8,9 @@ of microsoft/LoRA's ``examples/NLG/src/gpt2_beam.py`` + ``gpt2_decode.py`` as cl
 * **Stopping**: a hypothesis ends at the tokenizer's EOS or at a blank line ``"\\n\\n"`` (the repo
   passes ``--eos_token_id 628``, GPT-2's ``"\\n\\n"`` token). Every vocabulary entry whose text
   contains ``"\\n\\n"`` is an extra EOS id (:func:`stop_token_ids`; GPT-2: 628 and the longer
-  newline runs, SmolLM2: 1116, ...), and :class:`StopOnText` also ends a hypothesis when ``"\\n\\n"``
-  is spelt by several tokens (SmolLM2 may emit ``"\\n"``, ``"\\n"`` = 198, 198). Both work per beam
-  in beam search (HF marks a beam finished when a stopping criterion hits it).
+  newline runs, SmolLM2: 1116, ...), and HF's ``StopStringCriteria`` also ends a hypothesis when
+  ``"\\n\\n"`` is spelt by several tokens (SmolLM2 may emit ``"\\n"``, ``"\\n"`` = 198, 198). Both work
+  per beam in beam search (HF marks a beam finished when a stopping criterion hits it).
 * **Post-processing** (``gpt2_decode.py``): the output is cut at the first EOS/stop token and at
   the first ``"\\n\\n"``, stripped; any remaining single line break becomes a space so that each
   prediction fits on one line of ``predictions.txt`` (the scorer would do the same).
@@ -59,8 +59,8 @@ class DecodeConfig:
     batch_size: int = 8  # MRs decoded together (left padding)
     max_mrs: Optional[int] = None  # decode only the first N MRs of the eval split (CPU budgets)
     early_stopping: str = "false"  # HF beam early stopping: false (heuristic) | true | never (exhaustive, like the repo)
-    # fast: prompts batched by length, each prompt's KV cache computed once and shared by its beams, the
-    # "\n\n" stop test vectorised (same outputs as hf) | hf: plain model.generate on batches in file order
+    # fast: prompts batched by length, each prompt's KV cache computed once and shared by its beams (same
+    # outputs as hf) | hf: plain model.generate on batches in file order
     engine: str = "fast"
 
 
@@ -114,55 +114,6 @@ def stop_token_ids(tokenizer, text: str = STOP_TEXT) -> list[int]:
         eos = tokenizer.eos_token_id
         _STOP_ID_CACHE[key] = ([eos] if eos is not None else []) + [i for i in ids if i != eos]
     return list(_STOP_ID_CACHE[key])
-
-
-class StopOnText:
-    """Stopping criterion: a row is done once its generated text contains ``text``.
-
-    Checks the decoded tail (last ``window`` generated tokens) of each row, so ``"\\n\\n"`` spelt
-    as two ``"\\n"`` tokens is caught. Returns one bool per row (HF applies it per beam).
-    """
-
-    def __init__(self, tokenizer, prompt_len: int, text: str = STOP_TEXT, window: int = 4, prefilter: bool = False):
-        self.tokenizer = tokenizer
-        self.prompt_len = prompt_len
-        self.text = text
-        self.window = window
-        # prefilter: decode only the rows whose window holds a token that decodes to a line break. The
-        # text of a window can only contain "\n\n" if one of its tokens alone decodes to text with "\n"
-        # (a line break is one byte, never part of a multi-byte character), so the result is the same.
-        self.candidates = _newline_tokens(tokenizer, text) if prefilter else None
-
-    def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
-        gen = input_ids[:, self.prompt_len:]
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        if gen.shape[1] == 0:
-            return done
-        tail = gen[:, -self.window:]
-        rows = range(tail.shape[0])
-        if self.candidates is not None:
-            table = self.candidates.to(tail.device)
-            rows = table[tail.clamp(0, len(table) - 1)].any(dim=1).nonzero().flatten().tolist()
-            if not rows:
-                return done
-            tail = tail[rows]
-        tails = self.tokenizer.batch_decode(tail.tolist(), skip_special_tokens=False)
-        for i, t in zip(rows, tails):
-            done[i] = self.text in t
-        return done
-
-
-_NEWLINE_CACHE: dict = {}
-
-
-def _newline_tokens(tokenizer, text: str) -> torch.Tensor:
-    """Bool table over the vocabulary: does the token alone decode to text holding a character of ``text``?"""
-    key = (id(tokenizer), len(tokenizer), text)
-    if key not in _NEWLINE_CACHE:
-        pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=False)
-        chars = set(text)
-        _NEWLINE_CACHE[key] = torch.tensor([any(c in p for c in chars) for p in pieces], dtype=torch.bool)
-    return _NEWLINE_CACHE[key]
 
 
 class GeneratedNoRepeatNGram:
@@ -258,7 +209,7 @@ def generate(
     ``stats``: ``generated_tokens`` (up to and including the stop token), ``seconds``,
     ``tokens_per_s``, ``num_prompts``. The model is put in eval mode for the call and restored.
     """
-    from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+    from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList, StopStringCriteria
 
     check_decode_config(cfg)
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -266,6 +217,7 @@ def generate(
     model.eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stop_ids = stop_token_ids(tokenizer)
+    stop_on_text = StopStringCriteria(tokenizer, [STOP_TEXT])  # "\n\n" spelt by several tokens ("\n", "\n")
     beam = cfg.strategy == "beam" and cfg.num_beams > 1
     early = {"false": False, "true": True, "never": "never"}[str(cfg.early_stopping).lower()]
     fast = cfg.engine == "fast"
@@ -304,7 +256,7 @@ def generate(
                 attention_mask=mask,
                 generation_config=gen_cfg,
                 logits_processor=processors,
-                stopping_criteria=StoppingCriteriaList([StopOnText(tokenizer, prompt_len, prefilter=fast)]),
+                stopping_criteria=StoppingCriteriaList([stop_on_text]),
                 **extra,
             )
             for i, row in zip(rows, out[:, prompt_len:].tolist()):

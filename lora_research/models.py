@@ -122,6 +122,7 @@ def load_tokenizer(model_cfg: Any):
         tok = AutoTokenizer.from_pretrained(path, **kwargs)
     if tok.pad_token is None:  # GPT-2 / LLaMA have no pad token; padding is masked anyway
         tok.pad_token = tok.eos_token
+    tok.padding_side = "right"  # training batches (the collators follow it); decoding left-pads itself
     return tok
 
 

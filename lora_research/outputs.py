@@ -10,7 +10,8 @@
                              config fingerprint and ``files`` (bytes + sha256 of adapter.safetensors)
       adapter.safetensors    the method's trained tensors at the best epoch (+ head), with metadata
       checkpoints/           trainer checkpoints (resume); deleted at the end unless kept. Each holds
-                             trainable.safetensors + trainable.safetensors.sha256 (verified on resume)
+                             model.safetensors (the trainable tensors only) + model.safetensors.sha256
+                             (verified on resume), and Trainer's optimizer / scheduler / RNG / state files
       error.json             only when the run did not complete (schema below)
       .hydra/                Hydra's config.yaml / hydra.yaml / overrides.yaml of the accepted run
       train.log              the log of every invocation in this folder (Hydra's job log)
@@ -571,7 +572,56 @@ def verify_torch_file(path: Path | str) -> None:
         raise ValueError(f"{path}: corrupted (CRC mismatch in {bad})")
 
 
-CHECKPOINT_WEIGHTS = "trainable.safetensors"
+CHECKPOINT_WEIGHTS = "model.safetensors"  # Trainer's name (SAFE_WEIGHTS_NAME): its resume loads it
+LEGACY_CHECKPOINT_WEIGHTS = "trainable.safetensors"  # checkpoints written before 2026-12-02
+
+
+def save_trainable(model, folder: Path | str) -> Path:
+    """The trainable tensors of ``model`` into ``folder/model.safetensors`` (+ its ``.sha256``, checked
+    before a resume). The frozen base is not saved: it is the pretrained model the run starts from."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / CHECKPOINT_WEIGHTS
+    tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    save_file(tensors, str(path), metadata={"format": "pt", "content": "trainable parameters only"})
+    (folder / (CHECKPOINT_WEIGHTS + ".sha256")).write_text(f"{file_sha256(path)}  {CHECKPOINT_WEIGHTS}\n",
+                                                           encoding="ascii")
+    return path
+
+
+def upgrade_checkpoint(ckpt: Path | str) -> None:
+    """A checkpoint of the earlier layout (``trainable.safetensors``) renamed to the current one (safe
+    when several DDP ranks do it at once: the digest first, then the weights, each rename atomic)."""
+    ckpt = Path(ckpt)
+    old, new = ckpt / LEGACY_CHECKPOINT_WEIGHTS, ckpt / CHECKPOINT_WEIGHTS
+    if not old.is_file() or new.exists():
+        return
+    try:
+        digest = ckpt / (LEGACY_CHECKPOINT_WEIGHTS + ".sha256")
+        if digest.is_file():
+            text = digest.read_text(encoding="ascii", errors="replace")
+            atomic_write_text(ckpt / (CHECKPOINT_WEIGHTS + ".sha256"),
+                              text.replace(LEGACY_CHECKPOINT_WEIGHTS, CHECKPOINT_WEIGHTS))
+        os.replace(old, new)
+        digest.unlink(missing_ok=True)
+    except FileNotFoundError:  # another rank renamed it first
+        pass
+
+
+def check_checkpoint_tensors(ckpt: Path | str, model) -> None:
+    """The checkpoint holds exactly ``model``'s trainable tensors (names and shapes), else a ``ValueError``
+    naming the first differences (a different method, rank or targets than the run being resumed)."""
+    header = safetensors_header(Path(ckpt) / CHECKPOINT_WEIGHTS)
+    saved = {n: tuple(v["shape"]) for n, v in header.items() if n != "__metadata__"}
+    trainable = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
+    missing = sorted(set(trainable) - set(saved))
+    unexpected = sorted(set(saved) - set(trainable))
+    reshaped = sorted(n for n in set(saved) & set(trainable) if saved[n] != trainable[n])
+    if missing or unexpected or reshaped:
+        raise ValueError(f"checkpoint {ckpt} does not match this run's trainable tensors (missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}, other shape {reshaped[:5]})")
 
 
 def verify_checkpoint(ckpt: Path | str) -> None:

@@ -7,7 +7,7 @@ best epoch" of each run; median over seeds is taken across runs by the results t
 What this module adds to Trainer:
 
 * :class:`RunTrainer` checkpoints only the trainable tensors (LoRA on RoBERTa-large: a few MB
-  instead of 1.4 GB) and loads them back on resume; optimizer, scheduler and RNG states are
+  instead of 1.4 GB), which Trainer's resume loads back; optimizer, scheduler and RNG states are
   Trainer's own, so a resumed run ends with the same metrics as an uninterrupted one.
 * :class:`RunFolderCallback` appends every evaluation to ``metrics.jsonl`` and, whenever the main
   dev metric improves, writes ``adapter.safetensors`` (the best-epoch snapshot) atomically.
@@ -37,7 +37,6 @@ from lora_research.models import load_model, load_tokenizer, pick_device, resolv
 from lora_research.tasks import Task, build_task
 
 log = logging.getLogger(__name__)
-TRAINABLE_FILE = "trainable.safetensors"
 
 
 class Diverged(RuntimeError):
@@ -59,8 +58,9 @@ def _nonfinite(value) -> bool:
 class RunTrainer(Trainer):
     """Trainer whose checkpoints hold the trainable tensors only, and that notices divergence.
 
-    Every micro-batch loss and every gradient norm is checked (Trainer itself hides a NaN loss from
-    its logs, ``logging_nan_inf_filter``); :class:`DivergenceCallback` stops the run on the first one.
+    Every micro-batch loss is checked here, every gradient norm by :class:`DivergenceCallback` (Trainer
+    itself hides a NaN loss from its logs, ``logging_nan_inf_filter``), which stops the run on the first.
+    Only Trainer's public methods are overridden.
     """
 
     diverged: Optional[tuple] = None  # (step, what, value) of the first non-finite value
@@ -70,14 +70,6 @@ class RunTrainer(Trainer):
         if self.diverged is None and _nonfinite(loss):
             self.diverged = (self.state.global_step + 1, "loss", float(loss.detach().float().mean()))
         return loss
-
-    def _get_grad_norm(self, *args, **kwargs):
-        norm = super()._get_grad_norm(*args, **kwargs)
-        if self.diverged is None and norm is not None and not self.args.fp16 and _nonfinite(
-            norm if isinstance(norm, torch.Tensor) else float(norm)
-        ):  # fp16: GradScaler skips steps with inf gradients by design
-            self.diverged = (self.state.global_step + 1, "grad_norm", float(norm))
-        return norm
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """A causal LM's loss from the logits of its labelled positions only (:mod:`lora_research.lm_loss`:
@@ -95,41 +87,15 @@ class RunTrainer(Trainer):
         # Trainer's own test for a label-shifting loss (Trainer.compute_loss)
         return self.accelerator.unwrap_model(model)._get_name() in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
 
-    eval_by_length = False  # set by fit (trainer.eval_order)
-
-    def _get_eval_sampler(self, eval_dataset):
-        """Length-sorted evaluation batches (less padding); predictions and labels keep the same order."""
-        if not self.eval_by_length or not hasattr(eval_dataset, "column_names") or "input_ids" not in eval_dataset.column_names:
-            return super()._get_eval_sampler(eval_dataset)
-        lengths = [len(x) for x in eval_dataset["input_ids"]]
-        return sorted(range(len(lengths)), key=lengths.__getitem__)
-
-    def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
-        from safetensors.torch import save_file
-
+    def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
+        """A checkpoint's model file holds the trainable tensors only (LoRA on RoBERTa-large: a few MB
+        instead of 1.4 GB), under Trainer's own name (``model.safetensors``), so that Trainer's resume
+        loads them back (``load_state_dict(strict=False)``: the frozen base comes from the pretrained
+        model). :func:`check_checkpoint_tensors` checks the names and shapes before a resume."""
         output_dir = output_dir or self.args.output_dir
-        os.makedirs(output_dir, exist_ok=True)
-        tensors = {n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if p.requires_grad}
-        path = os.path.join(output_dir, TRAINABLE_FILE)
-        save_file(tensors, path)
-        with open(path + ".sha256", "w", encoding="ascii") as f:  # verified before a resume
-            f.write(f"{outputs.file_sha256(path)}  {TRAINABLE_FILE}\n")
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        from safetensors.torch import load_file
-
-        model = model or self.model
-        path = os.path.join(resume_from_checkpoint, TRAINABLE_FILE)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"checkpoint {resume_from_checkpoint} has no {TRAINABLE_FILE}")
-        outputs.verify_checkpoint(resume_from_checkpoint)
-        state = load_file(path)
-        loaded = model.load_state_dict(state, strict=False)  # the frozen base is all of missing_keys
-        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        missing = sorted(trainable & set(loaded.missing_keys))
-        if missing or loaded.unexpected_keys:
-            raise ValueError(f"checkpoint {resume_from_checkpoint} does not match this run's trainable tensors "
-                             f"(missing {missing[:5]}, unexpected {loaded.unexpected_keys[:5]})")
+        if not self.args.should_save:
+            return
+        outputs.save_trainable(self.accelerator.unwrap_model(self.model), output_dir)
 
 
 class DivergenceCallback(TrainerCallback):
@@ -141,6 +107,16 @@ class DivergenceCallback(TrainerCallback):
 
     def __init__(self, trainer_ref=None):
         self.trainer = trainer_ref
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        """The gradient norm after clipping (a non-finite norm makes the clipped gradients NaN too)."""
+        if self.trainer is None or self.trainer.diverged is not None or model is None or args.fp16:
+            return  # fp16: GradScaler skips steps with inf gradients by design
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if grads:
+            norm = torch.nn.utils.get_total_norm(grads)
+            if _nonfinite(norm):
+                self.trainer.diverged = (state.global_step + 1, "grad_norm", float(norm))
 
     def on_step_end(self, args, state, control, **kwargs):
         bad = self.trainer.diverged if self.trainer is not None else None
@@ -289,6 +265,7 @@ def _resume_checkpoint(run: RunConfig, run_dir: Path) -> Optional[str]:
         if not Path(mode).is_dir():
             raise FileNotFoundError(f"trainer.resume={mode!r}: no such checkpoint folder")
         try:
+            outputs.upgrade_checkpoint(mode)
             outputs.verify_checkpoint(mode)
         except ValueError as e:
             raise ValueError(f"trainer.resume={mode!r}: cannot resume: {e}") from None
@@ -303,6 +280,7 @@ def _resume_checkpoint(run: RunConfig, run_dir: Path) -> Optional[str]:
     problems = []
     for _, ckpt in reversed(found):
         try:
+            outputs.upgrade_checkpoint(ckpt)
             outputs.verify_checkpoint(ckpt)
             if problems:
                 log.warning("resuming from %s instead: %s", ckpt, "; ".join(problems))
@@ -315,6 +293,12 @@ def _resume_checkpoint(run: RunConfig, run_dir: Path) -> Optional[str]:
         f"cannot resume {run_dir}: {problems[0]}; no earlier valid checkpoint. Start over with overwrite=true "
         "(moves the old files aside) or use a new run folder"
     )
+
+
+def _frozen_base_not_missing(record: logging.LogRecord) -> bool:
+    """Drops Trainer's "missing keys" warning on resume: a checkpoint holds the trainable tensors only, by
+    design, and :func:`outputs.check_checkpoint_tensors` has checked that it holds all of them."""
+    return not record.getMessage().startswith("There were missing keys in the checkpoint model loaded")
 
 
 def _drop_records_after(run_dir: Path, step: int) -> None:
@@ -345,6 +329,15 @@ def _eval_by_length(order: str, model, world_size: int) -> bool:
     if order == "file" or world_size > 1:
         return False
     return order == "length" or getattr(model, "accepts_loss_kwargs", True) is False
+
+
+def length_sorted(ds):
+    """``ds`` in order of length (less padding per evaluation batch); a view (``Dataset.select``), and
+    predictions come back in the same order as the labels, so ``compute_metrics`` is unchanged."""
+    if not hasattr(ds, "column_names") or "input_ids" not in ds.column_names:
+        return ds
+    lengths = [len(x) for x in ds["input_ids"]]
+    return ds.select(sorted(range(len(lengths)), key=lengths.__getitem__))
 
 
 def _peak_rss_mb() -> float:
@@ -423,11 +416,14 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
         callbacks.append(tracker.callback())
 
     args = _training_arguments(run, run_dir, device)
+    evals = data.evals
+    if _eval_by_length(t.eval_order, model, args.world_size):
+        evals = {split: length_sorted(ds) for split, ds in evals.items()}
     trainer = RunTrainer(
         model=model,
         args=args,
         train_dataset=data.train,
-        eval_dataset=data.evals,
+        eval_dataset=evals,
         data_collator=data.collator,
         # a task without prediction metrics (E2E: dev loss only) must not make Trainer keep every dev logit
         compute_metrics=task.compute_metrics if type(task).compute_metrics is not Task.compute_metrics else None,
@@ -435,9 +431,10 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
     )
     trainer.remove_callback(PrinterCallback)  # its print(logs) is replaced by ConsoleCallback
     trainer.add_callback(ConsoleCallback())
-    trainer.eval_by_length = _eval_by_length(t.eval_order, model, trainer.args.world_size)
     divergence.trainer = trainer
     resume = _resume_checkpoint(run, run_dir)
+    if resume:
+        outputs.check_checkpoint_tensors(resume, model)
     step = int(Path(resume).name.split("-")[-1]) if resume else 0
     with distributed.main_process_first():  # records newer than the start point are redone, never duplicated
         if distributed.is_main():
@@ -448,7 +445,12 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.time()
-    train_result = trainer.train(resume_from_checkpoint=resume)
+    trainer_log = logging.getLogger("transformers.trainer")
+    trainer_log.addFilter(_frozen_base_not_missing)
+    try:
+        train_result = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        trainer_log.removeFilter(_frozen_base_not_missing)
     runtime = time.time() - start
     trainer.accelerator.wait_for_everyone()  # DDP: rank 0 has written every record
     records = outputs.read_metrics(run_dir)

@@ -12,6 +12,7 @@ from lora_research import adapter_file
 from lora_research.adapter_file import AdapterFileError, BaseIdentity, base_mismatch
 from lora_research.analysis.__main__ import main as analysis_main
 from lora_research.analysis.deltas import check_same_base, delta_w, load_adapter
+from lora_research.targets import get_family
 
 BERT = ["model=tiny_bert", "task=rte", "method.r=2"]
 ROBERTA = ["model=tiny_roberta", "task=rte", "method.r=2"]
@@ -32,7 +33,7 @@ def test_file_records_base_identity_and_verifies(runs):
     assert len(b.architecture) == 64 and len(b.weights) == 64 and b.model["random_init"] is True
     assert b.head == "classification" and b.num_labels == 2 and b.seed == 0
     model = adapter_file.load_base(b)  # rebuilt with the run's seed, fingerprint checked
-    assert adapter_file.fingerprint(model, adapter_file.get_family("bert"))[1] == b.weights
+    assert adapter_file.fingerprint(model, get_family("bert"))[1] == b.weights
 
 
 def test_corrupted_and_truncated_files_are_one_line_errors(runs, tmp_path):

@@ -278,7 +278,7 @@ def _unfinished_with_checkpoints(corrupt_all: bool):
         d = ctx.tmp / "run"
         (d / outputs.SUMMARY_FILE).unlink()  # as if killed before the end
         for ck in (["checkpoint-1", "checkpoint-2"] if corrupt_all else ["checkpoint-2"]):
-            _truncate(d / "checkpoints" / ck / "trainable.safetensors")
+            _truncate(d / "checkpoints" / ck / outputs.CHECKPOINT_WEIGHTS)
     return setup
 
 

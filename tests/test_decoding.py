@@ -12,7 +12,6 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from lora_research.decoding import (
     DecodeConfig,
     GeneratedNoRepeatNGram,
-    StopOnText,
     generate,
     left_pad,
     postprocess,
@@ -102,7 +101,7 @@ def test_stops_at_blank_line_spelt_as_two_tokens():
     cfg = DecodeConfig(strategy="greedy", no_repeat_ngram_size=0, max_new_tokens=20)
     texts, stats = generate(model, tok, [prompt], cfg)
     assert texts == ["Ok."]
-    assert stats["generated_tokens"] <= len(ids(tok, "Ok.\n\n")) + 1  # StopOnText ended it, no junk decoded
+    assert stats["generated_tokens"] <= len(ids(tok, "Ok.\n\n")) + 1  # the stop string ended it, no junk decoded
     beam = DecodeConfig(strategy="beam", num_beams=2, no_repeat_ngram_size=0, max_new_tokens=20)
     assert generate(model, tok, [prompt], beam)[0] == ["Ok."]
 
@@ -119,10 +118,7 @@ def test_stops_at_eos_and_postprocess():
     assert postprocess(tok, ids(tok, " a b ") + [tok.eos_token_id] + ids(tok, "zz"), stops) == ("a b", 6)  # 5 byte tokens + EOS
 
 
-def test_stop_on_text_and_no_repeat_ngram_units():
-    tok = byte_tokenizer(merge_blank_line=False)
-    seqs = torch.tensor([ids(tok, "PPab\n\n"), ids(tok, "PPabcd")])
-    assert StopOnText(tok, prompt_len=2)(seqs).tolist() == [True, False]
+def test_no_repeat_ngram_unit():
     # n-grams of the prompt do not count; n-grams of the generated part do
     proc = GeneratedNoRepeatNGram(2, prompt_len=3)
     x = torch.tensor([[5, 6, 5, 6, 7, 6]])  # generated part: 6 7 6 -> bigram (6, 7) seen, last token 6

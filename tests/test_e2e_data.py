@@ -153,8 +153,27 @@ def test_completion_mask_with_a_real_bpe_tokenizer():
     assert tok.decode([i for i, l in zip(f["input_ids"], f["labels"]) if l != -100]) == " Café is cheap.<|endoftext|>"
 
 
-def test_collator_pads_right_with_minus_100_labels():
-    col = E.E2ECollator(pad_token_id=7)
+def test_collator_pads_right_with_minus_100_labels(tmp_path, monkeypatch):
+    """The E2E task's collator (transformers' DataCollatorForSeq2Seq) on a tokenizer from load_tokenizer,
+    whose own default side is left: batches are still padded on the right."""
+    from lora_research.models import ModelConfig, load_tokenizer
+    from lora_research.tasks.e2e_task import E2ETask, E2ETaskConfig
+
+    import json
+
+    tok = _byte_bpe()
+    tok.pad_token = tok.convert_ids_to_tokens(7)
+    tok.save_pretrained(tmp_path / "tok")
+    config = json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text())
+    (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps({**config, "padding_side": "left"}))
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(tmp_path / "tok").padding_side == "left"
+    tok = load_tokenizer(ModelConfig(name="t", name_or_path=str(tmp_path / "tok")))
+    assert tok.pad_token_id == 7
+    monkeypatch.setattr("lora_research.tasks.e2e_task.prepare_e2e_features",
+                        lambda *a, **k: ({"train": [], "dev": []}, False))
+    col = E2ETask(E2ETaskConfig()).prepare(tok, seed=0).collator
     batch = col([
         {"input_ids": [1, 2, 3], "attention_mask": [1, 1, 1], "labels": [-100, 2, 3]},
         {"input_ids": [4], "attention_mask": [1], "labels": [4]},

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lora_research.decoding import DecodeConfig, StopOnText, check_decode_config, generate
+from lora_research.decoding import DecodeConfig, check_decode_config, generate
 from test_decoding import _random_lm, byte_tokenizer, ids
 
 
@@ -47,17 +47,6 @@ def test_fast_engine_equals_hf_generate_llama_gqa():
     assert fast == hf
 
 
-def test_stop_on_text_prefilter_matches_plain_decode():
-    tok = byte_tokenizer(merge_blank_line=True)
-    g = torch.Generator().manual_seed(0)
-    nl, nl2 = ids(tok, "\n")[0], ids(tok, "\n\n")[0]
-    pool = torch.tensor([nl, nl2, *ids(tok, "ab c.\r")])
-    seqs = pool[torch.randint(0, len(pool), (400, 9), generator=g)]
-    plain = StopOnText(tok, prompt_len=3)(seqs)
-    fast = StopOnText(tok, prompt_len=3, prefilter=True)(seqs)
-    assert torch.equal(plain, fast) and 0 < int(plain.sum()) < len(plain)
-
-
 def test_engine_is_validated():
     with pytest.raises(ValueError, match="decode.engine='turbo'.*'fast', 'hf'"):
         check_decode_config(DecodeConfig(engine="turbo"))
@@ -85,7 +74,7 @@ def test_length_sorted_eval_gives_the_same_dev_metrics(tmp_path):
     from _tiny_models import tiny_model
     from lora_research.distributed import mean_loss_per_batch
     from lora_research.models import ModelConfig, load_tokenizer
-    from lora_research.training import RunTrainer
+    from lora_research.training import RunTrainer, length_sorted
 
     model, _ = tiny_model("bert")
     mean_loss_per_batch(model)
@@ -102,10 +91,11 @@ def test_length_sorted_eval_gives_the_same_dev_metrics(tmp_path):
     for sort in (False, True):
         args = TrainingArguments(output_dir=str(tmp_path / str(sort)), per_device_eval_batch_size=8, report_to=[],
                                  use_cpu=True, disable_tqdm=True)
-        tr = RunTrainer(model=model, args=args, eval_dataset=ds, data_collator=DataCollatorWithPadding(tok),
-                        compute_metrics=acc)
-        tr.eval_by_length = sort
+        tr = RunTrainer(model=model, args=args, eval_dataset=length_sorted(ds) if sort else ds,
+                        data_collator=DataCollatorWithPadding(tok), compute_metrics=acc)
         out[sort] = tr.evaluate()
+    lengths = [len(x) for x in length_sorted(ds)["input_ids"]]
+    assert lengths == sorted(lengths) and lengths != [len(r) for r in rows]
     assert out[True]["eval_accuracy"] == out[False]["eval_accuracy"]
     assert out[True]["eval_loss"] == pytest.approx(out[False]["eval_loss"], rel=1e-5)
 

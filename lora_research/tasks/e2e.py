@@ -28,8 +28,8 @@ Training features (:func:`encode_pair`), as ``gpt2_encode.py --add_bos --add_eos
 [EOS]``; ``labels`` are ``-100`` on the context and its EOS (no loss there), equal to
 ``input_ids`` on the completion and its final EOS; truncated on the right to ``max_length``.
 Trainer's causal-LM loss shifts labels by one, so each completion token is predicted from the
-tokens before it. :class:`E2ECollator` right-pads ``input_ids`` with the pad id,
-``attention_mask`` with 0 and ``labels`` with -100.
+tokens before it. Batches are padded by ``transformers.DataCollatorForSeq2Seq`` (right side:
+``input_ids`` with the pad id, ``attention_mask`` with 0, ``labels`` with -100).
 
 References are grouped by MR in order of first appearance (:func:`group_by_mr`): consecutive rows
 of one MR are its multiple references.
@@ -279,30 +279,6 @@ def encode_pair(tokenizer, context: str, completion: str, max_length: int) -> di
     ids = (ctx + comp)[:max_length]
     labels = ([-100] * len(ctx) + comp)[:max_length]
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
-
-
-class E2ECollator:
-    """Right-pads ``input_ids`` (pad id), ``attention_mask`` (0) and ``labels`` (-100)."""
-
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: Optional[int] = None):
-        self.pad_token_id = pad_token_id
-        self.pad_to_multiple_of = pad_to_multiple_of
-
-    def __call__(self, features: list[dict]) -> dict:
-        import torch
-
-        width = max(len(f["input_ids"]) for f in features)
-        if self.pad_to_multiple_of:
-            m = self.pad_to_multiple_of
-            width = (width + m - 1) // m * m
-        out = {"input_ids": [], "attention_mask": [], "labels": []}
-        for f in features:
-            n = len(f["input_ids"])
-            pad = width - n
-            out["input_ids"].append(list(f["input_ids"]) + [self.pad_token_id] * pad)
-            out["attention_mask"].append(list(f.get("attention_mask", [1] * n)) + [0] * pad)
-            out["labels"].append(list(f["labels"]) + [-100] * pad)
-        return {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
 
 
 # --------------------------------------------------------------------------- cached features

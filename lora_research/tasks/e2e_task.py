@@ -25,7 +25,6 @@ from lora_research.tasks.base import Task, TaskData, register_task
 from lora_research.tasks.e2e import (
     MR_STYLES,
     SOURCES,
-    E2ECollator,
     encode_context,
     group_by_mr,
     load_pairs,
@@ -114,9 +113,12 @@ class E2ETask(Task):
             seed=c.subset_seed,
             cache_dir=c.cache_dir,
         )
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        return TaskData(train=feats["train"], evals={c.eval_split: feats[c.eval_split]},
-                        collator=E2ECollator(pad), cache_hit=hit)
+        from transformers import DataCollatorForSeq2Seq
+
+        # pads on the tokenizer's side (load_tokenizer: right) with its pad id; labels with -100
+        collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+        return TaskData(train=feats["train"], evals={c.eval_split: feats[c.eval_split]}, collator=collator,
+                        cache_hit=hit)
 
     def eval_mrs(self, split: Optional[str] = None, max_mrs: Optional[int] = None) -> tuple[list[str], list[list[str]]]:
         """The unique MRs of ``split`` (after the ``max_eval_samples`` MR subset) and their refs,
