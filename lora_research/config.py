@@ -5,8 +5,13 @@ Hydra composes YAML from ``conf/``; :func:`validate` then checks each group agai
 to its class). An unknown key or a wrong type fails before any model is loaded, with a message that
 names the bad key or value and the valid choices, so a typo fails at start-up, not after an hour.
 
-Task and method schemas come from their registered classes. All schemas are also registered in
-Hydra's ConfigStore (``schema/<group>/<name>``) so tools can list them.
+Task and method schemas come from their registered classes. Every schema is the one source of its
+group's defaults: it is registered in Hydra's ConfigStore as ``schema/<group>/<name>`` (a method's
+name, a task's kind; ``model``, ``trainer``, ``logger``), and each YAML in ``conf/`` builds on it
+(``defaults: [/schema/method/lora@_here_, _self_]``) and holds only what differs. The stored node is
+the schema's defaults as a plain dict, not the typed dataclass, so that a wrong value or key reaches
+:func:`validate`, whose one-line messages name the valid choices, instead of failing inside Hydra's
+composition with OmegaConf's multi-line type error.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lora_research.methods import METHODS, build_method
 from lora_research.models import ModelConfig, resolve_family
@@ -330,15 +335,63 @@ def check_against_model(run: RunConfig) -> None:
                              "parameters (different method, targets, rank or model?)")
 
 
-def _register() -> None:
+def schema_defaults(schema: type) -> dict:
+    """A schema's defaults as the plain dict that ``conf/`` YAML files build on."""
+    return OmegaConf.to_container(OmegaConf.structured(schema))
+
+
+def _schema_of(group: str, node: Any) -> Optional[type]:
+    if not isinstance(node, dict):
+        return None
+    if group in ("model", "trainer", "logger"):
+        return {"model": ModelConfig, "trainer": TrainerConfig, "logger": LoggerConfig}[group]
+    if group == "task":
+        cls = TASKS.get(node.get("kind"))
+    elif group == "method":
+        cls = METHODS.get(node.get("name"))
+    else:
+        return None
+    return cls.Config if cls is not None else None
+
+
+def _fill(defaults: dict, node: dict) -> dict:
+    out = dict(node)
+    for k, d in defaults.items():
+        if k not in out:
+            out[k] = d
+        elif isinstance(d, dict) and d and isinstance(out[k], dict):
+            out[k] = _fill(d, out[k])
+    return out
+
+
+def _integral_floats_as_ints(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _integral_floats_as_ints(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_integral_floats_as_ints(v) for v in x]
+    return int(x) if isinstance(x, float) and x.is_integer() else x
+
+
+def canonical(resolved: dict) -> dict:
+    """A resolved config as two runs are compared (run-folder fingerprint, results-table rows): every
+    group with its schema's defaults filled in and integral floats as ints. A ``config.yaml`` written
+    before a key existed (that key at its default) or spelling α as 16 rather than 16.0 is the same run."""
+    out = {g: (_fill(schema_defaults(schema), node) if (schema := _schema_of(g, node)) else node)
+           for g, node in resolved.items()}
+    return _integral_floats_as_ints(out)
+
+
+def register_schemas() -> None:
+    """``schema/<group>/<name>`` in Hydra's ConfigStore for every schema (run again after a plugin
+    method registers itself, to make ``/schema/method/<its name>`` available to its YAML)."""
     cs = ConfigStore.instance()
-    cs.store(group="schema/model", name="model", node=ModelConfig)
-    cs.store(group="schema/trainer", name="trainer", node=TrainerConfig)
-    cs.store(group="schema/logger", name="logger", node=LoggerConfig)
+    cs.store(group="schema/model", name="model", node=schema_defaults(ModelConfig))
+    cs.store(group="schema/trainer", name="trainer", node=schema_defaults(TrainerConfig))
+    cs.store(group="schema/logger", name="logger", node=schema_defaults(LoggerConfig))
     for kind, task_cls in TASKS.items():
-        cs.store(group="schema/task", name=kind, node=task_cls.Config)
+        cs.store(group="schema/task", name=kind, node=schema_defaults(task_cls.Config))
     for name, method_cls in METHODS.items():
-        cs.store(group="schema/method", name=name, node=method_cls.Config)
+        cs.store(group="schema/method", name=name, node=schema_defaults(method_cls.Config))
 
 
-_register()
+register_schemas()

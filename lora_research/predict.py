@@ -41,16 +41,23 @@ class Predictor:
 
 
 def _task_from_name(name: str):
+    """The task of ``conf/task/<name>.yaml`` as Hydra composes it (its schema base, ``GLUE_DIR``)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
+    import lora_research.config  # noqa: F401  the schema/ bases of conf/
     from lora_research.tasks import build_task
 
-    conf = Path(__file__).resolve().parents[1] / "conf" / "task" / f"{name}.yaml"
-    if not conf.is_file():
-        choices = sorted(p.stem for p in conf.parent.glob("*.yaml"))
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    choices = sorted(p.stem for p in (conf / "task").glob("*.yaml"))
+    if name not in choices:
         raise ValueError(f"--task {name!r} is not a task; valid choices: {choices}")
-    root = OmegaConf.create({"model": {"max_length": 128}, "task": OmegaConf.load(conf)})  # ${model.max_length}
-    return build_task(OmegaConf.to_container(root.task, resolve=True))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"task={name}", "logger=none"])
+    GlobalHydra.instance().clear()
+    return build_task(OmegaConf.to_container(cfg.task, resolve=True))
 
 
 def load_predictor(source, *, device: str = "auto", task: Optional[str] = None) -> Predictor:

@@ -35,7 +35,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from lora_research import distributed, outputs, tracking
-from lora_research.config import check_against_model, validate
+from lora_research.config import canonical, check_against_model, validate
 
 log = logging.getLogger("lora_research")
 
@@ -96,13 +96,13 @@ def claim_run_dir(run_dir: Path, resolved: dict, fp: str, overwrite: bool) -> tu
         raise outputs.RunFolderConflict(
             f"run folder {run_dir} holds run files ({', '.join(state.files[:4])}) but no {outputs.CONFIG_FILE}: "
             f"cannot tell which run made them; use {_way_out(run_dir)}")
-    if state.fingerprint != fp:
+    if outputs.fingerprint(canonical(state.config)) != fp:
         if not state.has_results:  # an attempt that failed before producing anything: take the folder over
             dest = outputs.move_aside(run_dir) if distributed.is_main() else None
             log.warning("run folder %s held a %s attempt of another config with no results; moved to %s",
                         run_dir, state.status, dest)
             return "new", state
-        diff = "; ".join(outputs.config_diff(state.config, resolved))
+        diff = "; ".join(outputs.config_diff(canonical(state.config), canonical(resolved)))
         raise outputs.RunFolderConflict(
             f"run folder {run_dir} already holds a {state.status} run of a different config ({diff}); "
             f"use {_way_out(run_dir)}")
@@ -146,7 +146,7 @@ def run(cfg: DictConfig, run_dir: Path, group: str | None = None, overrides: Opt
         resolved = OmegaConf.to_container(cfg, resolve=True)
     except Exception as e:  # noqa: BLE001 - an interpolation that cannot be resolved (e.g. a missing env var)
         raise ValueError(f"the config cannot be resolved: {outputs.one_line(e)}") from None
-    fp = outputs.fingerprint(resolved)
+    fp = outputs.fingerprint(canonical(resolved))
     overwrite = cfg.get("overwrite", False) is True
     conflict = None
     with distributed.main_process_first():  # rank 0 moves old files aside first; the others then see its result

@@ -14,6 +14,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+import lora_research.config  # noqa: E402,F401  registers the schema/ bases that conf/*/*.yaml build on
+
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:

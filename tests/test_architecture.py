@@ -218,3 +218,45 @@ def test_head_follows_the_task():
     assert load_model(cfg, head="classification", num_labels=3).classifier.out_features == 3
     with pytest.raises(ValueError, match="model family 'bert' has no generation head"):
         load_model(cfg, head="generation")
+
+
+@pytest.mark.parametrize("group", ["method", "task", "model", "trainer", "logger"])
+def test_group_yamls_build_on_their_schema_and_hold_only_what_differs(group):
+    """One source of defaults: each YAML's first default is its schema (``/schema/<group>/<name>@_here_``);
+    a key whose value equals the schema's default is not repeated; the composed group equals the schema's
+    defaults updated by the file."""
+    from omegaconf import OmegaConf
+
+    from conftest import CONF
+    from lora_research import config
+    from lora_research.methods import METHODS
+    from lora_research.tasks import TASKS
+
+    fixed = {"model": config.ModelConfig, "trainer": config.TrainerConfig, "logger": config.LoggerConfig}
+    for path in sorted((CONF / group).glob("*.yaml")):
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        base = raw.pop("defaults")[0]
+        if base in ("default", "_self_"):  # trainer/cpu_short builds on trainer/default
+            continue
+        assert base.endswith("@_here_"), (path.name, base)
+        name = base[: -len("@_here_")].split("/")[-1]
+        assert base.startswith(f"/schema/{group}/"), (path.name, base)
+        schema = {"method": METHODS, "task": TASKS}.get(group, {}).get(name)
+        schema = schema.Config if schema is not None else fixed[group]
+        defaults = config.schema_defaults(schema)
+        assert _repeated(raw, defaults) == [], f"{path.name} repeats the schema's defaults"
+        assert set(raw) <= set(defaults), f"{path.name}: keys not in {schema.__name__}: {set(raw) - set(defaults)}"
+        composed = OmegaConf.to_container(getattr(compose([f"{group}={path.stem}", "logger=none"] if group != "logger"
+                                                          else [f"logger={path.stem}"]), group), resolve=False)
+        assert composed == OmegaConf.to_container(OmegaConf.merge(defaults, raw), resolve=False), path.name
+
+
+def _repeated(raw: dict, defaults: dict, prefix: str = "") -> list:
+    out = []
+    for k, v in raw.items():
+        d = defaults.get(k, object())
+        if isinstance(v, dict) and v and isinstance(d, dict):
+            out += _repeated(v, d, f"{prefix}{k}.")
+        elif v == d:
+            out.append(prefix + k)
+    return out

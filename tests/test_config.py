@@ -111,3 +111,25 @@ def test_presets_generator_matches_committed_files(tmp_path, monkeypatch):
 def test_quickstart_preset_accepts_any_method(method):
     cfg = validate(compose(["experiment=quickstart", f"method={method}"]))
     assert cfg.method.name == method and cfg.task.name == "sst2"
+
+
+def test_a_config_written_before_a_key_existed_is_the_same_run():
+    """Run folders and result rows compare configs in canonical form (config.canonical): a config.yaml
+    that lacks a later key (at its default) or spells 16.0 as 16 is the same run; a changed value is not."""
+    import copy
+
+    from omegaconf import OmegaConf
+
+    from lora_research import outputs
+    from lora_research.config import canonical
+
+    new = OmegaConf.to_container(compose(["experiment=cpu/table18", "logger=none"]), resolve=True)
+    old = copy.deepcopy(new)
+    del old["task"]["decode"]["engine"], old["model"]["cache_converted"], old["trainer"]["eval_order"]
+    old["method"]["alpha"] = int(old["method"]["alpha"])
+    assert outputs.fingerprint(old) != outputs.fingerprint(new)
+    assert outputs.fingerprint(canonical(old)) == outputs.fingerprint(canonical(new))
+    for group, key, value in (("method", "alpha", 8), ("task", "decode", {"engine": "hf"}), ("trainer", "lr", 0.5)):
+        changed = copy.deepcopy(old)
+        changed[group][key] = value
+        assert outputs.fingerprint(canonical(changed)) != outputs.fingerprint(canonical(new)), key

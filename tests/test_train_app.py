@@ -83,6 +83,23 @@ def test_same_seed_same_metrics(glue_env, tmp_path):
     assert b["feature_cache_hit"], "the second run on the same task/model re-used the tokenised features"
 
 
+def test_a_completed_run_whose_config_predates_a_key_is_still_this_run(glue_env, tmp_path):
+    """config.yaml written by an earlier version (no trainer.eval_order, epochs as a float): the same
+    command finds the run completed instead of refusing the folder as another config's."""
+    import yaml
+
+    run(compose(BASE + ["trainer.epochs=1"]), tmp_path)
+    path = tmp_path / outputs.CONFIG_FILE
+    cfg = yaml.safe_load(path.read_text())
+    del cfg["trainer"]["eval_order"]
+    cfg["trainer"]["epochs"] = 1.0
+    path.write_text(yaml.safe_dump(cfg))
+    again = run(compose(BASE + ["trainer.epochs=1"]), tmp_path)
+    assert again.get("already_completed") is True
+    with pytest.raises(outputs.RunFolderConflict, match=r"different config \(trainer.lr: 0.005 -> 0.001\)"):
+        run(compose(BASE + ["trainer.epochs=1", "trainer.lr=1e-3"]), tmp_path)
+
+
 class _KillAfterFirstSave(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         raise KeyboardInterrupt("simulated kill after the first checkpoint")
@@ -115,6 +132,54 @@ def test_killed_run_resumes_to_same_final_metrics(glue_env, tmp_path, monkeypatc
     t_resumed, _ = outputs.load_adapter_file(killed_dir)
     for k in t_straight:
         torch.testing.assert_close(t_resumed[k], t_straight[k], atol=1e-6, rtol=0)
+
+
+def test_checkpoints_hold_the_trainable_tensors_under_trainers_name(glue_env, tmp_path, monkeypatch):
+    """A checkpoint is Trainer's layout with a trainable-only model.safetensors (Trainer's own resume loads it);
+    a checkpoint of another rank is refused by name; one of the earlier layout is renamed and resumed."""
+    from lora_research import training
+
+    real_fit = training.fit
+    monkeypatch.setattr(training, "fit", lambda *a, **k: real_fit(*a, **k, extra_callbacks=[_KillAfterFirstSave()]))
+    killed = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        run(compose(BASE + ["trainer.epochs=2", "method.r=4"]), killed)
+    monkeypatch.setattr(training, "fit", real_fit)
+    ckpt = killed / "checkpoints" / "checkpoint-6"
+    header = outputs.safetensors_header(ckpt / "model.safetensors")
+    names = sorted(n for n in header if n != "__metadata__")
+    assert names and all(".lora_" in n or n.startswith("classifier.") for n in names), names
+    assert sum(".lora_" in n for n in names) == 8  # 2 layers x (q, v) x (A, B)
+    assert {tuple(header[n]["shape"]) for n in names if ".lora_A" in n} == {(4, 32)}  # r=4, d=32
+
+    with pytest.raises(ValueError, match=r"checkpoint-6 does not match this run's trainable tensors.*other shape"):
+        run(compose(BASE + ["trainer.epochs=2", "method.r=2", f"trainer.resume={ckpt}"]), tmp_path / "r2")
+
+    (ckpt / "model.safetensors").rename(ckpt / outputs.LEGACY_CHECKPOINT_WEIGHTS)
+    digest = (ckpt / "model.safetensors.sha256").read_text().replace("model.safetensors", "trainable.safetensors")
+    (ckpt / "trainable.safetensors.sha256").write_text(digest)
+    (ckpt / "model.safetensors.sha256").unlink()
+    resumed = run(compose(BASE + ["trainer.epochs=2", "method.r=4"]), killed)
+    assert resumed["resumed_from"].endswith("checkpoint-6") and resumed["train_steps"] == 12
+
+
+class _InfGradients(TrainerCallback):
+    """Gradients that overflow while the loss stays finite (what a loss check alone would miss)."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        p = next(p for n, p in model.named_parameters() if ".lora_B" in n)
+        p.register_hook(lambda g: torch.full_like(g, float("inf")))
+
+
+def test_infinite_gradient_norm_stops_the_run_as_diverged(glue_env, tmp_path, monkeypatch):
+    from lora_research import training
+
+    real_fit = training.fit
+    monkeypatch.setattr(training, "fit", lambda *a, **k: real_fit(*a, **k, extra_callbacks=[_InfGradients()]))
+    with pytest.raises(training.Diverged, match=r"diverged at step 1: grad_norm=(nan|inf)"):
+        run(compose(BASE + ["trainer.epochs=1"]), tmp_path)
+    rec = json.loads((tmp_path / outputs.ERROR_FILE).read_text())
+    assert rec["status"] == "diverged" and not (tmp_path / outputs.SUMMARY_FILE).exists()
 
 
 def test_init_from_loads_lora_but_not_head(glue_env, tmp_path):

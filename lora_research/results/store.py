@@ -107,6 +107,10 @@ def read_run(run_dir: Path | str) -> dict:
     d = Path(run_dir)
     rec: dict = {"run_dir": str(d)}
     cfg = outputs.read_config(d, required=False)
+    if cfg:
+        from lora_research.config import canonical  # every key at its default where config.yaml predates it
+
+        cfg = canonical(cfg)
     rec.update(flatten({k: v for k, v in cfg.items() if k in CONFIG_GROUPS}))
     rec.update({k: _hashable(cfg[k]) for k in CONFIG_TOP if k in cfg})
     summary = _read_json(d / SUMMARY) if (d / SUMMARY).is_file() else None
