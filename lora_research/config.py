@@ -35,14 +35,14 @@ class TrainerConfig:
     epochs: float = 3.0  # passes over the training set
     max_steps: int = -1  # > 0 caps the run at this many optimiser steps (overrides epochs)
     batch_size: int = 16  # per-device training batch (Table 9 "Batch Size")
-    eval_batch_size: int = 64
-    gradient_accumulation_steps: int = 1
+    eval_batch_size: int = 64  # per-device evaluation batch
+    gradient_accumulation_steps: int = 1  # micro-batches per optimiser step (effective batch = batch_size x this x GPUs)
     lr: float = 4e-4  # peak learning rate (Table 9 "Learning Rate")
     weight_decay: float = 0.1  # AdamW decay; 0.1 in the repo scripts, not stated in the paper
     warmup_ratio: float = 0.06  # linear warmup over this fraction of steps (Table 9)
     warmup_steps: int = 0  # > 0: warmup in steps instead (Table 11: 500)
     lr_scheduler: str = "linear"  # any transformers scheduler name
-    adam_beta2: float = 0.999
+    adam_beta2: float = 0.999  # AdamW β2 (β1 is 0.9)
     adam_epsilon: float = 1e-8  # 1e-6 in microsoft/LoRA's GPT-2 optimizer
     max_grad_norm: float = 1.0  # 0 disables clipping (GPT-2 scripts: --clip 0.0)
     label_smoothing: float = 0.0  # Table 11: 0.1 for E2E
@@ -50,8 +50,8 @@ class TrainerConfig:
     eval_steps: int = 0  # with eval_strategy=steps
     save_total_limit: int = 1  # trainer checkpoints kept for resume
     keep_checkpoints: bool = False  # keep <run>/checkpoints after a successful run
-    logging_steps: int = 10
-    num_workers: int = 0
+    logging_steps: int = 10  # training loss, lr and gradient norm logged every this many steps (train.log, W&B)
+    num_workers: int = 0  # DataLoader worker processes (0: in the training process)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision on CUDA)
     full_determinism: bool = False  # torch deterministic algorithms (slower); CUBLAS_WORKSPACE_CONFIG set
     resume: str = "auto"  # auto: resume from the run folder's last checkpoint | never | <checkpoint path>
@@ -70,8 +70,8 @@ class LoggerConfig:
     """Experiment tracking (``logger=`` group): W&B or none."""
 
     name: str = "none"  # wandb | none
-    project: str = "lora-research"
-    entity: Optional[str] = None
+    project: str = "lora-research"  # W&B project
+    entity: Optional[str] = None  # W&B entity (team or user); null: your default
     mode: str = "auto"  # auto (online if an API key is set, else offline) | online | offline | disabled
     group: Optional[str] = None  # default: the sweep folder name for multiruns, else "single"
     tags: list = field(default_factory=list)  # added to the task, model and method tags

@@ -35,7 +35,7 @@ class FTTop2Config:
 
     name: str = "ft_top2"
     top_layers: int = 2  # how many of the last blocks are trained
-    analysis_targets: list = field(default_factory=lambda: ["q", "v"])
+    analysis_targets: list = field(default_factory=lambda: ["q", "v"])  # matrices saved for ΔW analysis
 
 
 @register_method
