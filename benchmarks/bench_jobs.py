@@ -51,6 +51,16 @@ HERE = Path(__file__).resolve()
 SECTIONS = ("quickstart", "e2e", "decode", "memory", "step", "startup")
 
 
+def smollm2_model_config(root: Path) -> dict:
+    """``conf/model/smollm2.yaml`` of a checkout as a model config: its keys over the schema's defaults
+    (its ``defaults:`` list names that schema; checkouts before 100938e spell every key out)."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(OmegaConf.load(str(root / "conf/model/smollm2.yaml")))
+    cfg.pop("defaults", None)
+    return cfg
+
+
 def loadavg() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -300,11 +310,10 @@ def _load_worker(out: str) -> None:
     rss = lambda: round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # noqa: E731
     t0 = time.time()
     import torch  # noqa: F401
-    from omegaconf import OmegaConf
 
     from lora_research.models import load_model, load_tokenizer
 
-    cfg = OmegaConf.load(str(Path(os.environ.get("BENCH_OURS_ROOT", str(ROOT))) / "conf/model/smollm2.yaml"))
+    cfg = smollm2_model_config(Path(os.environ.get("BENCH_OURS_ROOT", str(ROOT))))
     r_imports = rss()
     t1 = time.time()
     load_tokenizer(cfg)
@@ -347,7 +356,6 @@ def section_memory(args, ours: Path, work: Path, e2e: dict | None = None) -> dic
 def _step_worker(model_name: str, variant: str, steps: int, warmup: int, out: str) -> None:
     sys.path.insert(0, os.environ.get("BENCH_OURS_ROOT", str(ROOT)))
     import torch
-    from omegaconf import OmegaConf
 
     from lora_research.methods import build_method
     from lora_research.models import ModelConfig, load_model, resolve_family
@@ -362,7 +370,7 @@ def _step_worker(model_name: str, variant: str, steps: int, warmup: int, out: st
         ids = torch.randint(1000, 30000, (batch, seq), generator=g)
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.randint(0, 2, (batch,), generator=g)}
     else:
-        cfg = OmegaConf.load(str(root / "conf/model/smollm2.yaml"))
+        cfg = smollm2_model_config(root)
         model = load_model(cfg, head="generation")
         batch, seq, lora = 4, 64, {"name": "lora", "r": 4, "alpha": 32, "dropout": 0.1, "targets": ["q", "v"]}
         ids = torch.randint(1000, 40000, (batch, seq), generator=g)
