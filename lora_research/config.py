@@ -340,11 +340,15 @@ def schema_defaults(schema: type) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(schema))
 
 
+#: the groups with one schema each (a task's schema follows its kind, a method's its name)
+GROUP_SCHEMAS = {"model": ModelConfig, "trainer": TrainerConfig, "logger": LoggerConfig}
+
+
 def _schema_of(group: str, node: Any) -> Optional[type]:
     if not isinstance(node, dict):
         return None
-    if group in ("model", "trainer", "logger"):
-        return {"model": ModelConfig, "trainer": TrainerConfig, "logger": LoggerConfig}[group]
+    if group in GROUP_SCHEMAS:
+        return GROUP_SCHEMAS[group]
     if group == "task":
         cls = TASKS.get(node.get("kind"))
     elif group == "method":
@@ -385,9 +389,8 @@ def register_schemas() -> None:
     """``schema/<group>/<name>`` in Hydra's ConfigStore for every schema (run again after a plugin
     method registers itself, to make ``/schema/method/<its name>`` available to its YAML)."""
     cs = ConfigStore.instance()
-    cs.store(group="schema/model", name="model", node=schema_defaults(ModelConfig))
-    cs.store(group="schema/trainer", name="trainer", node=schema_defaults(TrainerConfig))
-    cs.store(group="schema/logger", name="logger", node=schema_defaults(LoggerConfig))
+    for group, schema in GROUP_SCHEMAS.items():
+        cs.store(group=f"schema/{group}", name=group, node=schema_defaults(schema))
     for kind, task_cls in TASKS.items():
         cs.store(group="schema/task", name=kind, node=schema_defaults(task_cls.Config))
     for name, method_cls in METHODS.items():

@@ -19,13 +19,12 @@ from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
 from typing import Optional
 
-from lora_research.config import LoggerConfig, TrainerConfig, schema_defaults
+from lora_research.config import GROUP_SCHEMAS, schema_defaults
 from lora_research.methods import METHODS, get_method_class
-from lora_research.models import ModelConfig
 from lora_research.tasks import TASKS
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-FIXED = {"model": ModelConfig, "trainer": TrainerConfig, "logger": LoggerConfig}
+FIXED = GROUP_SCHEMAS
 
 
 def field_comments(schema: type) -> dict[str, str]:

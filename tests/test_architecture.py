@@ -232,7 +232,7 @@ def test_group_yamls_build_on_their_schema_and_hold_only_what_differs(group):
     from lora_research.methods import METHODS
     from lora_research.tasks import TASKS
 
-    fixed = {"model": config.ModelConfig, "trainer": config.TrainerConfig, "logger": config.LoggerConfig}
+    fixed = config.GROUP_SCHEMAS
     for path in sorted((CONF / group).glob("*.yaml")):
         raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
         base = raw.pop("defaults")[0]
