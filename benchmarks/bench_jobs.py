@@ -188,19 +188,25 @@ def section_quickstart(args, ours: Path, work: Path) -> dict:
                              "assert 'train_sampling' in {f.name for f in fields(TrainerConfig)}")
     if grouped and not args.no_grouped:
         arms.append("ours_grouped")
+    if args.bf16:  # bf16 autocast (CPUs with AMX / AVX512-BF16, or CUDA); the peer gets the same switch
+        arms += ["ours_bf16", "peer_bf16"]
     runs = {a: [] for a in arms}
     for i, arm in interleave(arms, len(seeds)):
         seed = seeds[i]
         d = work / "quickstart" / f"{arm}_s{seed}"
-        if arm == "peer":
+        if arm.startswith("peer"):
             target = [str(ROOT / "benchmarks/peer_quickstart.py"), "--seed", str(seed), "--out", str(d), *peer_size]
+            if arm == "peer_bf16":
+                target.append("--bf16")
         else:
             target = ["-m", "lora_research.train", "experiment=quickstart", "logger=none", "trainer.device=cpu",
                       f"seed={seed}", f"hydra.run.dir={d}", *size]
             if arm == "ours_grouped":
                 target.append("trainer.train_sampling=group_by_length")
-        rec = run_job(target, cwd=ours if arm != "peer" else ROOT, work=work / "quickstart", name=f"{arm}_s{seed}")
-        if arm == "peer":
+            if arm == "ours_bf16":
+                target.append("trainer.precision=bf16")
+        rec = run_job(target, cwd=ours if not arm.startswith("peer") else ROOT, work=work / "quickstart", name=f"{arm}_s{seed}")
+        if arm.startswith("peer"):
             res = json.loads((d / "result.json").read_text())
             rec.update(accuracy=res["accuracy"], self_rss_mb=res["peak_rss_mb"], train_runtime_s=res["train_runtime_s"])
         else:
@@ -456,6 +462,8 @@ def summarise(res: dict) -> dict:
             out[f"quickstart_{a}_vs_peer_wall"] = m[a]["wall_s"] / m["peer"]["wall_s"]
             out[f"quickstart_{a}_vs_peer_cpu"] = m[a]["cpu_s"] / m["peer"]["cpu_s"]
             out[f"quickstart_{a}_acc_minus_peer"] = m[a]["accuracy_mean"] - m["peer"]["accuracy_mean"]
+        if "ours_bf16" in m and "peer_bf16" in m:  # like for like: both with bf16 autocast
+            out["quickstart_bf16_like_for_like_wall"] = m["ours_bf16"]["wall_s"] / m["peer_bf16"]["wall_s"]
     e = res.get("e2e")
     if e:
         r = e["runs"]
@@ -523,6 +531,8 @@ def report(res: dict, base: dict | None) -> str:
             w(f"   {a} / peer wall: {r:.3f} {_goal(r, '<=', 0.6)}{before(f'quickstart_{a}_vs_peer_wall')};"
               f" cpu {s[f'quickstart_{a}_vs_peer_cpu']:.3f}; accuracy {s[f'quickstart_{a}_acc_minus_peer']:+.2f} points"
               f" vs peer {_goal(abs(s[f'quickstart_{a}_acc_minus_peer']), '<=', 1.0)}")
+        if "quickstart_bf16_like_for_like_wall" in s:
+            w(f"   ours_bf16 / peer_bf16 wall (both bf16, like for like): {s['quickstart_bf16_like_for_like_wall']:.3f}")
     if "e2e" in s:
         w("")
         w(f"2. SmolLM2 E2E job vs peer (Trainer + PEFT + generate), {res['e2e']['config']}; load {res['e2e'].get('load')}")
@@ -612,6 +622,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller jobs, one repetition")
+    ap.add_argument("--bf16", action="store_true", help="quickstart: also bf16-autocast arms of ours and the peer")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
     ap.add_argument("--ours-root", default=str(ROOT), help="checkout whose lora_research is 'ours' (default: this one)")
     ap.add_argument("--json", help="write the raw records here")

@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--max-eval-samples", type=int, default=None, help="seeded subset of dev (default: all 872)")
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (TrainingArguments(bf16=True)), as ours with trainer.precision=bf16")
     args = ap.parse_args()
 
     import numpy as np
@@ -115,6 +116,7 @@ def main() -> None:
         report_to=[],
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
+        bf16=args.bf16,
     )
     trainer = Trainer(model=model, args=targs, train_dataset=train, eval_dataset=dev,
                       data_collator=DataCollatorWithPadding(tok), compute_metrics=accuracy)

@@ -142,3 +142,46 @@ def test_gguf_cache_equals_transformers_gguf_loading(tmp_path, monkeypatch):
     assert so.keys() == sn.keys() and all(torch.equal(so[k], sn[k]) for k in so)
     assert new.lm_head.weight.data_ptr() == new.model.embed_tokens.weight.data_ptr()  # still tied
     assert new.config.to_dict() == old.config.to_dict() and not new.training
+
+
+def test_gradient_checkpointing_recomputes_and_trains_the_same_weights(tmp_path):
+    """trainer.gradient_checkpointing=true reaches Trainer (non-reentrant, so frozen inputs need no grad)
+    and changes memory only: three LoRA steps give the same adapter as without it (to float round-off)."""
+    import datasets
+    from omegaconf import OmegaConf
+    from transformers import DataCollatorWithPadding
+
+    from _tiny_models import tiny_model
+    from lora_research.config import validate
+    from lora_research.methods import build_method
+    from lora_research.models import ModelConfig, load_tokenizer
+    from lora_research.training import RunTrainer, _training_arguments
+
+    base = {"model": {"name": "tiny", "family": "bert", "random_init": True,
+                      "config_overrides": {"model_type": "bert", "vocab_size": 30522, "hidden_size": 32,
+                                           "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}},
+            "task": {"name": "sst2", "kind": "glue"}, "method": {"name": "lora"},
+            "trainer": {"batch_size": 4, "max_steps": 3, "lr": 1e-2, "device": "cpu"}, "logger": {"name": "none"}}
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randint(5, 100, (int(n),), generator=g).tolist() for n in torch.randint(2, 20, (12,), generator=g)]
+    ds = datasets.Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows],
+                                     "labels": [i % 3 for i in range(12)]})
+    tok = load_tokenizer(ModelConfig())
+    weights, used = {}, {}
+    for ckpt in (False, True):
+        cfg = OmegaConf.create(base)
+        cfg.trainer.gradient_checkpointing = ckpt
+        run = validate(cfg)
+        args = _training_arguments(run, tmp_path / str(ckpt), torch.device("cpu"))
+        assert args.gradient_checkpointing is ckpt
+        model, family = tiny_model("bert")
+        build_method({"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "targets": ["q", "v"]}).apply(model, family)
+        trainer = RunTrainer(model=model, args=args, train_dataset=ds, eval_dataset=ds,
+                             data_collator=DataCollatorWithPadding(tok))
+        trainer.train()
+        used[ckpt] = model.is_gradient_checkpointing
+        weights[ckpt] = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert used == {False: False, True: True}
+    for n, w in weights[False].items():
+        torch.testing.assert_close(weights[True][n], w, rtol=1e-5, atol=1e-6, msg=n)
+    assert any("lora" in n for n in weights[False]), "no LoRA tensors trained"
