@@ -33,6 +33,12 @@ batch row early when no running beam can beat the worst of its ``num_beams`` fin
 (``early_stopping=False``, the HF heuristic); set ``early_stopping="never"`` for the exhaustive
 variant; (2) hypotheses still running at ``max_new_tokens`` are scored with the same formula in
 both. Greedy decoding is ``num_beams=1`` (no length penalty).
+
+Engines: ``decode.engine=hf`` calls ``model.generate`` on batches in file order. ``fast`` (default)
+gives the same tokens faster: batches of similar prompt length, each prompt run once for all its
+beams (:func:`_shared_prompt_cache`), and beam search by :func:`lora_research.beam_search.beam_search`
+(generate's algorithm; an MR whose search has ended leaves the model batch instead of being run to
+the end of the batch's longest MR).
 """
 from __future__ import annotations
 
@@ -41,6 +47,8 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import torch
+
+from .beam_search import beam_search
 
 STOP_TEXT = "\n\n"
 STRATEGIES = ("beam", "greedy")
@@ -59,8 +67,9 @@ class DecodeConfig:
     batch_size: int = 8  # MRs decoded together (left padding)
     max_mrs: Optional[int] = None  # decode only the first N MRs of the eval split (CPU budgets)
     early_stopping: str = "false"  # HF beam early stopping: false (heuristic) | true | never (exhaustive, like the repo)
-    # fast: prompts batched by length, each prompt's KV cache computed once and shared by its beams (same
-    # outputs as hf) | hf: plain model.generate on batches in file order
+    # fast: prompts batched by length, each prompt's KV cache computed once and shared by its beams, MRs whose
+    # beam search has ended leave the model batch (lora_research.beam_search; same outputs as hf)
+    # | hf: plain model.generate on batches in file order
     engine: str = "fast"
 
 
@@ -251,14 +260,23 @@ def generate(
             processors = LogitsProcessorList()
             if cfg.no_repeat_ngram_size > 0:
                 processors.append(GeneratedNoRepeatNGram(cfg.no_repeat_ngram_size, prompt_len))
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                generation_config=gen_cfg,
-                logits_processor=processors,
-                stopping_criteria=StoppingCriteriaList([stop_on_text]),
-                **extra,
-            )
+            if fast and beam:  # generate's beam search, finished MRs leaving the model batch (same tokens)
+                out = beam_search(
+                    model, ids, mask, num_beams=cfg.num_beams, max_new_tokens=cfg.max_new_tokens,
+                    length_penalty=cfg.length_penalty, early_stopping=early, eos_token_ids=stop_ids,
+                    pad_token_id=pad_id, logits_processor=processors,
+                    stopping_criteria=StoppingCriteriaList([stop_on_text]),
+                    prompt_cache=extra.get(cache_keyword(model)),
+                )
+            else:
+                out = model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    generation_config=gen_cfg,
+                    logits_processor=processors,
+                    stopping_criteria=StoppingCriteriaList([stop_on_text]),
+                    **extra,
+                )
             for i, row in zip(rows, out[:, prompt_len:].tolist()):
                 text, n = postprocess(tokenizer, row, stop_ids)
                 texts[i] = text
