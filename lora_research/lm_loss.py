@@ -73,3 +73,95 @@ def completion_loss(
     else:
         denominator = num_items_in_batch
     return loss / denominator
+
+
+def shared_prompt_plan(input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: Optional[torch.Tensor],
+                       ignore_index: int = -100) -> Optional[dict]:
+    """How :func:`shared_prompt_loss` would split a batch, or ``None`` where it does not apply.
+
+    The shared part of row i is its prompt minus its last token, ``input_ids[i, :p_i - 1]`` (p_i = the
+    first labelled position). Rows with the same shared part form a group. ``None`` when no two rows
+    share one, when a row has no label or a prompt shorter than 2 tokens, or when the batch is not right
+    padded (real tokens first, as the E2E collator pads).
+    """
+    batch, length = input_ids.shape
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    lens = attention_mask.sum(dim=1)
+    if not torch.equal(attention_mask.bool(), torch.arange(length, device=input_ids.device)[None, :] < lens[:, None]):
+        return None
+    lab = labels.ne(ignore_index)
+    if not bool(lab.any(dim=1).all()):
+        return None
+    first = lab.int().argmax(dim=1)  # p_i
+    if bool((first < 2).any()):
+        return None
+    keys: dict = {}
+    group = [keys.setdefault(tuple(input_ids[i, : int(first[i]) - 1].tolist()), len(keys)) for i in range(batch)]
+    if len(keys) == batch:
+        return None
+    return {"prompts": list(keys), "group": group, "first": first.tolist(), "lens": lens.tolist()}
+
+
+def shared_prompt_loss(
+    model,
+    inputs: dict,
+    *,
+    label_smoothing: float = 0.0,
+    num_items_in_batch: Union[torch.Tensor, int, None] = None,
+    ignore_index: int = -100,
+) -> Optional[torch.Tensor]:
+    """:func:`completion_loss` of an evaluation batch, each distinct prompt run once (``None``: not applicable).
+
+    E2E's dev set pairs every MR with all its references (8.5 on average, adjacent in the file), so a
+    batch of 16 dev pairs holds 2-3 distinct MRs; the full forward runs each MR prompt once per
+    reference. Here (no gradients) the shared part of every distinct prompt (:func:`shared_prompt_plan`)
+    is run once into a key/value cache, the cache rows are copied to the rows of that prompt, and each
+    row then runs only its last prompt token and its completion, at its own positions, with the
+    prompt's padding masked out. Causal attention makes every position see exactly what it saw in the
+    full forward, so the loss is :func:`completion_loss`'s up to float rounding (matrix products of
+    other shapes); the batches, and so the dev loss as a mean of per-batch token means, are unchanged.
+    Only for models whose forward takes a cache and explicit positions (Hugging Face causal LMs).
+    """
+    from transformers import DynamicCache
+
+    from .decoding import cache_keyword
+
+    ids, labels = inputs["input_ids"], inputs["labels"]
+    plan = shared_prompt_plan(ids, labels, inputs.get("attention_mask"), ignore_index)
+    if plan is None or set(inputs) - {"input_ids", "attention_mask", "labels"}:
+        return None
+    inner = getattr(model, "module", model)
+    device, fill = ids.device, int(ids[0, 0])
+    prompts, group = plan["prompts"], torch.tensor(plan["group"], device=device)
+    width = max(len(p) for p in prompts)
+    p_ids = torch.full((len(prompts), width), fill, dtype=ids.dtype, device=device)
+    p_mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
+    for g, p in enumerate(prompts):
+        p_ids[g, : len(p)] = torch.tensor(p, dtype=ids.dtype, device=device)
+        p_mask[g, : len(p)] = 1
+    positions = torch.arange(width, device=device).expand(len(prompts), -1)
+    kw = cache_keyword(inner)
+    cache = DynamicCache(config=inner.config.get_text_config(decoder=True))
+    model(input_ids=p_ids, attention_mask=p_mask, position_ids=positions, use_cache=True, **{kw: cache},
+          **({"logits_to_keep": 1} if _takes(inner, "logits_to_keep") else {}))
+    cache.reorder_cache(group)  # row i reads its prompt's cache rows
+
+    starts = [f - 1 for f in plan["first"]]
+    tail = max(n - s for n, s in zip(plan["lens"], starts))
+    t_ids = torch.full((ids.shape[0], tail), fill, dtype=ids.dtype, device=device)
+    t_labels = torch.full((ids.shape[0], tail), ignore_index, dtype=labels.dtype, device=device)
+    t_mask = torch.zeros((ids.shape[0], tail), dtype=torch.long, device=device)
+    for i, (s, n) in enumerate(zip(starts, plan["lens"])):
+        t_ids[i, : n - s], t_labels[i, : n - s], t_mask[i, : n - s] = ids[i, s:n], labels[i, s:n], 1
+    t_pos = torch.tensor(starts, device=device)[:, None] + torch.arange(tail, device=device)[None, :]
+    tail_inputs = {"input_ids": t_ids, "attention_mask": torch.cat([p_mask[group], t_mask], dim=1),
+                   "position_ids": t_pos, "labels": t_labels, "use_cache": True, kw: cache}
+    return completion_loss(model, tail_inputs, label_smoothing=label_smoothing, num_items_in_batch=num_items_in_batch,
+                           ignore_index=ignore_index)
+
+
+def _takes(model, name: str) -> bool:
+    import inspect
+
+    return name in inspect.signature(type(model).forward).parameters

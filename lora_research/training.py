@@ -64,6 +64,7 @@ class RunTrainer(Trainer):
     """
 
     diverged: Optional[tuple] = None  # (step, what, value) of the first non-finite value
+    eval_shared_prompts: bool = False  # trainer.eval_shared_prompts (lm_loss.shared_prompt_loss)
 
     def training_step(self, *args, **kwargs):
         loss = super().training_step(*args, **kwargs)
@@ -77,8 +78,14 @@ class RunTrainer(Trainer):
         Other models, and evaluations that keep logits for ``compute_metrics``, take Trainer's path."""
         if "labels" not in inputs or (return_outputs and self.compute_metrics is not None) or not self._causal_lm(model):
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        loss = lm_loss.completion_loss(model, inputs, label_smoothing=self.args.label_smoothing_factor,
-                                       num_items_in_batch=num_items_in_batch)
+        loss = None
+        if self.eval_shared_prompts and not model.training and not torch.is_grad_enabled() \
+                and not self.accelerator.unwrap_model(model)._forward_pre_hooks:  # prefix tuning rewrites the inputs
+            loss = lm_loss.shared_prompt_loss(model, inputs, label_smoothing=self.args.label_smoothing_factor,
+                                              num_items_in_batch=num_items_in_batch)
+        if loss is None:
+            loss = lm_loss.completion_loss(model, inputs, label_smoothing=self.args.label_smoothing_factor,
+                                           num_items_in_batch=num_items_in_batch)
         return (loss, {}) if return_outputs else loss
 
     def _causal_lm(self, model) -> bool:
@@ -446,6 +453,7 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
         compute_metrics=task.compute_metrics if type(task).compute_metrics is not Task.compute_metrics else None,
         callbacks=callbacks,
     )
+    trainer.eval_shared_prompts = bool(t.eval_shared_prompts)
     trainer.remove_callback(PrinterCallback)  # its print(logs) is replaced by ConsoleCallback
     trainer.add_callback(ConsoleCallback())
     divergence.trainer = trainer

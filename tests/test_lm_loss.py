@@ -86,3 +86,100 @@ def test_refuses_a_model_without_an_lm_head():
     model, _ = tiny_model("bert")  # a sequence classifier
     with pytest.raises(ValueError, match="no output embedding"):
         completion_loss(model, tiny_batch("gpt2"))
+
+
+# --- evaluation with shared prompts (lm_loss.shared_prompt_loss) ---------------------------------------
+
+def _shared_batch(family: str) -> dict:
+    """Six right-padded rows: rows 0-2 share a 5-token prompt, rows 3-4 a 3-token one, row 5 its own;
+    completions of different lengths (E2E's dev pairs: one MR, several references)."""
+    g = torch.Generator().manual_seed(7)
+    pa, pb, pc = (torch.randint(3, 60, (n,), generator=g).tolist() for n in (5, 3, 4))
+    rows = [(pa, 4), (pa, 2), (pa, 6), (pb, 3), (pb, 5), (pc, 2)]
+    seqs = [(p, p + torch.randint(3, 60, (c,), generator=g).tolist()) for p, c in rows]
+    width = max(len(s) for _, s in seqs)
+    pad = 1 if family == "roberta" else 0
+    ids = torch.full((len(seqs), width), pad)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    labels = torch.full((len(seqs), width), -100)
+    for i, (p, s) in enumerate(seqs):
+        ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), 1
+        labels[i, len(p): len(s)] = torch.tensor(s[len(p):])
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _tokens_run(model):
+    """Hook on the input embedding counting the tokens every model call runs (rows x length)."""
+    seen: list[int] = []
+
+    def hook(_m, args, _out):
+        seen.append(int(args[0].numel()))
+
+    return seen, model.get_input_embeddings().register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_shared_prompt_loss_equals_the_full_forward(family, eps):
+    from lora_research.lm_loss import shared_prompt_loss, shared_prompt_plan
+
+    model = _model(family, "lora")
+    batch = _shared_batch(family)
+    plan = shared_prompt_plan(batch["input_ids"], batch["labels"], batch["attention_mask"])
+    assert plan["group"] == [0, 0, 0, 1, 1, 2] and plan["first"] == [5, 5, 5, 3, 3, 4]
+    with torch.no_grad():
+        ref = _full_logits_loss(model, batch, eps, None)
+        full = completion_loss(model, batch, label_smoothing=eps)
+        seen, handle = _tokens_run(model)
+        try:
+            ours = shared_prompt_loss(model, batch, label_smoothing=eps)
+        finally:
+            handle.remove()
+    assert torch.allclose(full, ref, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(ours, ref, rtol=1e-5, atol=1e-6), (float(ours), float(ref))
+    # prompts once (3 rows x 4) + each row's last prompt token and completion (6 x 7) < 6 rows x 11
+    assert seen == [3 * 4, 6 * 7] and sum(seen) < batch["input_ids"].numel()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_shared_prompt_loss_declines_what_it_cannot_share(family):
+    from lora_research.lm_loss import shared_prompt_loss
+
+    model = _model(family, "lora")
+    batch = _shared_batch(family)
+    with torch.no_grad():
+        assert shared_prompt_loss(model, _batch(family)) is None  # every row a prompt of its own
+        left = {k: v.flip(1) for k, v in batch.items()}  # left padded: not the collator's layout
+        assert shared_prompt_loss(model, left) is None
+        assert shared_prompt_loss(model, {**batch, "token_type_ids": torch.zeros_like(batch["input_ids"])}) is None
+        no_prompt = {**batch, "labels": batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)}
+        assert shared_prompt_loss(model, no_prompt) is None
+
+
+def test_run_trainer_shares_prompts_in_evaluation_only():
+    """RunTrainer.compute_loss: shared prompts in evaluation (no grad, eval mode), never in training, never
+    for prefix tuning (its forward hook rewrites the inputs), and not when trainer.eval_shared_prompts is off."""
+    from transformers import TrainingArguments
+
+    from lora_research.training import RunTrainer
+
+    batch = _shared_batch("llama")
+    for method, shares in (("lora", True), ("prefix_layer", False)):
+        model = _model("llama", method)
+        trainer = RunTrainer(model=model, args=TrainingArguments(output_dir="/tmp/unused", report_to=[], use_cpu=True))
+        for enabled in (True, False):
+            trainer.eval_shared_prompts = enabled
+            model.eval()
+            seen, handle = _tokens_run(model)
+            try:
+                with torch.no_grad():  # Trainer's prediction_step passes the batch's label count
+                    n_items = int(batch["labels"][:, 1:].ne(-100).sum())
+                    loss = trainer.compute_loss(model, batch, num_items_in_batch=torch.tensor(n_items))
+                model.train()
+                trainer.compute_loss(model, batch)
+            finally:
+                handle.remove()
+            ref = completion_loss(model.eval(), batch)
+            assert torch.allclose(loss, ref, rtol=1e-5, atol=1e-6)
+            full = batch["input_ids"].numel()
+            assert seen == ([3 * 4, 6 * 7, full] if shares and enabled else [full, full]), (method, enabled, seen)
