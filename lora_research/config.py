@@ -56,7 +56,7 @@ class TrainerConfig:
     full_determinism: bool = False  # torch deterministic algorithms (slower); CUBLAS_WORKSPACE_CONFIG set
     resume: str = "auto"  # auto: resume from the run folder's last checkpoint | never | <checkpoint path>
     threads: int = 0  # torch CPU threads (0 = torch default)
-    # recompute each layer's activations in backward instead of keeping them (Trainer's gradient_checkpointing,
+    # recompute each layer's activations in backward instead of keeping them (Trainer's activation checkpointing,
     # non-reentrant): less memory (SmolLM2 E2E: the saved activations), about one more forward of compute
     gradient_checkpointing: bool = False
     # random: shuffled batches (the paper's). group_by_length: HF's LengthGroupedSampler (shuffled

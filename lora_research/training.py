@@ -256,8 +256,7 @@ def _training_arguments(run: RunConfig, run_dir: Path, device: torch.device) -> 
         disable_tqdm=True,
         remove_unused_columns=True,
         train_sampling_strategy=t.train_sampling,
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        **_checkpointing_arguments(t.gradient_checkpointing),
     )
 
 
@@ -326,6 +325,18 @@ def load_init(model, source: str, family, base=None) -> list[str]:
     count differs). See :func:`lora_research.adapter_file.init_from`.
     """
     return adapter_file.init_from(model, source, family, base=base)
+
+
+def _checkpointing_arguments(enabled: bool) -> dict:
+    """TrainingArguments' activation (gradient) checkpointing, non-reentrant: ``activation_checkpointing*``
+    since transformers 5.2x, ``gradient_checkpointing*`` (now a deprecated alias) before."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    name = "activation_checkpointing" if "activation_checkpointing" in {f.name for f in dataclasses.fields(TrainingArguments)} \
+        else "gradient_checkpointing"
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
 
 
 def _eval_by_length(order: str, model, world_size: int) -> bool:

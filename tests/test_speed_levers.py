@@ -173,13 +173,14 @@ def test_gradient_checkpointing_recomputes_and_trains_the_same_weights(tmp_path)
         cfg.trainer.gradient_checkpointing = ckpt
         run = validate(cfg)
         args = _training_arguments(run, tmp_path / str(ckpt), torch.device("cpu"))
-        assert args.gradient_checkpointing is ckpt
+        assert getattr(args, "activation_checkpointing", args.gradient_checkpointing) is ckpt
         model, family = tiny_model("bert")
         build_method({"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "targets": ["q", "v"]}).apply(model, family)
         trainer = RunTrainer(model=model, args=args, train_dataset=ds, eval_dataset=ds,
                              data_collator=DataCollatorWithPadding(tok))
         trainer.train()
-        used[ckpt] = model.is_gradient_checkpointing
+        flag = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
+        used[ckpt] = getattr(model, flag)
         weights[ckpt] = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     assert used == {False: False, True: True}
     for n, w in weights[False].items():
