@@ -40,19 +40,15 @@ candidates to end at once).
 """
 from __future__ import annotations
 
-import inspect
 from typing import Optional, Sequence, Union
 
 import torch
 
+from .decoding import cache_keyword, forward_takes
+
 __all__ = ["beam_search"]
 
 _NEG = -1.0e9  # HF's "impossible" score offset
-
-
-def _cache_keyword(model) -> str:
-    params = inspect.signature(type(model).forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
 
 
 def _gather_beams(tensor: torch.Tensor, beam_indices: torch.Tensor) -> torch.Tensor:
@@ -144,8 +140,8 @@ def beam_search(
     full_mask[:, :prompt_len] = attention_mask.repeat_interleave(k, dim=0)
     last_pos = pos_e[:, -1]  # position of the last prompt token; step t runs position last_pos + t
 
-    cache_kw = _cache_keyword(model)
-    keep_kw = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(type(model).forward).parameters else {}
+    cache_kw = cache_keyword(model)
+    keep_kw = {"logits_to_keep": 1} if forward_takes(model, "logits_to_keep") else {}
     if prompt_cache is None:
         cache = DynamicCache(config=model.config.get_text_config(decoder=True))
         past = 0

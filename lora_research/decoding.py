@@ -48,8 +48,6 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .beam_search import beam_search
-
 STOP_TEXT = "\n\n"
 STRATEGIES = ("beam", "greedy")
 ENGINES = ("fast", "hf")
@@ -197,11 +195,16 @@ def _shared_prompt_cache(model, ids: torch.Tensor, mask: torch.Tensor, num_beams
     return cache
 
 
-def cache_keyword(model) -> str:
-    """The key/value cache keyword of ``model.forward``: ``cache`` since transformers 5.2x, ``past_key_values`` before."""
+def forward_takes(model, name: str) -> bool:
+    """Whether ``model.forward`` has a parameter ``name`` (e.g. ``logits_to_keep``)."""
     import inspect
 
-    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+    return name in inspect.signature(type(model).forward).parameters
+
+
+def cache_keyword(model) -> str:
+    """The key/value cache keyword of ``model.forward``: ``cache`` since transformers 5.2x, ``past_key_values`` before."""
+    return "cache" if forward_takes(model, "cache") else "past_key_values"
 
 
 @torch.no_grad()
@@ -219,6 +222,8 @@ def generate(
     ``tokens_per_s``, ``num_prompts``. The model is put in eval mode for the call and restored.
     """
     from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList, StopStringCriteria
+
+    from .beam_search import beam_search
 
     check_decode_config(cfg)
     device = torch.device(device) if device is not None else next(model.parameters()).device

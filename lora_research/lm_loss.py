@@ -125,7 +125,7 @@ def shared_prompt_loss(
     """
     from transformers import DynamicCache
 
-    from .decoding import cache_keyword
+    from .decoding import cache_keyword, forward_takes
 
     ids, labels = inputs["input_ids"], inputs["labels"]
     plan = shared_prompt_plan(ids, labels, inputs.get("attention_mask"), ignore_index)
@@ -144,7 +144,7 @@ def shared_prompt_loss(
     kw = cache_keyword(inner)
     cache = DynamicCache(config=inner.config.get_text_config(decoder=True))
     model(input_ids=p_ids, attention_mask=p_mask, position_ids=positions, use_cache=True, **{kw: cache},
-          **({"logits_to_keep": 1} if _takes(inner, "logits_to_keep") else {}))
+          **({"logits_to_keep": 1} if forward_takes(inner, "logits_to_keep") else {}))
     cache.reorder_cache(group)  # row i reads its prompt's cache rows
 
     starts = [f - 1 for f in plan["first"]]
@@ -159,9 +159,3 @@ def shared_prompt_loss(
                    "position_ids": t_pos, "labels": t_labels, "use_cache": True, kw: cache}
     return completion_loss(model, tail_inputs, label_smoothing=label_smoothing, num_items_in_batch=num_items_in_batch,
                            ignore_index=ignore_index)
-
-
-def _takes(model, name: str) -> bool:
-    import inspect
-
-    return name in inspect.signature(type(model).forward).parameters

@@ -21,6 +21,7 @@ from transformers import (
     StopStringCriteria,
 )
 
+from _byte_tokenizer import byte_tokenizer
 from lora_research.beam_search import beam_search
 from lora_research.decoding import GeneratedNoRepeatNGram, _shared_prompt_cache, cache_keyword, left_pad, stop_token_ids
 
@@ -202,30 +203,6 @@ def test_custom_stopping_criterion(name):
 
 # --- "\n\n" spelt by two tokens: StopStringCriteria with a byte-level tokenizer, as decoding.generate uses it
 
-EOS_TEXT = "<|endoftext|>"
-
-
-def byte_tokenizer():
-    """Offline byte-level BPE tokenizer: 256 byte tokens + EOS (no "\\n\\n" token)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    vocab = {chars[b]: b for b in range(256)}
-    vocab[EOS_TEXT] = 256
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TEXT, pad_token=EOS_TEXT)
-
-
 class Boost:
     """Logits processor adding ``value`` to the log-probability of ``token`` (makes "\\n" frequent)."""
 
@@ -239,7 +216,7 @@ class Boost:
 
 def test_stop_string_criteria_like_decoding():
     """decoding.generate's setup: eos = stop_token_ids, StopStringCriteria("\\n\\n"), n-gram ban, shared cache."""
-    tok = byte_tokenizer()
+    tok = byte_tokenizer(merge_blank_line=False)  # no "\n\n" token: the stop string spans two
     model = tiny_gpt2(vocab=len(tok), seed=2)
     newline = tok("\n", add_special_tokens=False)["input_ids"]
     assert len(newline) == 1

@@ -1,6 +1,6 @@
 """Decoding (lora_research.decoding): stop at "\\n\\n"/EOS, greedy vs beam, batched vs one-by-one.
 
-Uses an offline byte-level BPE tokenizer built in the test (256 byte tokens, optionally the merge
+Uses an offline byte-level BPE tokenizer (tests/_byte_tokenizer.py: 256 byte tokens, optionally the merge
 "\\n"+"\\n" → one token as GPT-2's 628) and tiny GPT-2 models, one of them rigged so that the
 token it emits depends only on the position (W_out · LayerNorm(one-hot position)).
 """
@@ -18,39 +18,7 @@ from lora_research.decoding import (
     stop_token_ids,
 )
 
-EOS = "<|endoftext|>"
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte → printable character map (printable bytes map to themselves)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    out, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            out[b] = chr(b)
-        else:
-            out[b] = chr(256 + extra)
-            extra += 1
-    return out
-
-
-def byte_tokenizer(merge_blank_line: bool = True):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    chars = _bytes_to_unicode()
-    vocab = {chars[b]: i for i, b in enumerate(range(256))}
-    merges = []
-    nl = chars[ord("\n")]
-    if merge_blank_line:
-        vocab[nl + nl] = len(vocab)
-        merges.append((nl, nl))
-    vocab[EOS] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS)
-    return fast
+from _byte_tokenizer import byte_tokenizer
 
 
 def ids(tok, text):
