@@ -44,7 +44,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .decoding import cache_keyword, forward_takes
+from .forward_signature import cache_keyword, forward_takes
 
 __all__ = ["beam_search"]
 

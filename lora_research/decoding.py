@@ -48,6 +48,9 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from .beam_search import beam_search
+from .forward_signature import cache_keyword
+
 STOP_TEXT = "\n\n"
 STRATEGIES = ("beam", "greedy")
 ENGINES = ("fast", "hf")
@@ -195,18 +198,6 @@ def _shared_prompt_cache(model, ids: torch.Tensor, mask: torch.Tensor, num_beams
     return cache
 
 
-def forward_takes(model, name: str) -> bool:
-    """Whether ``model.forward`` has a parameter ``name`` (e.g. ``logits_to_keep``)."""
-    import inspect
-
-    return name in inspect.signature(type(model).forward).parameters
-
-
-def cache_keyword(model) -> str:
-    """The key/value cache keyword of ``model.forward``: ``cache`` since transformers 5.2x, ``past_key_values`` before."""
-    return "cache" if forward_takes(model, "cache") else "past_key_values"
-
-
 @torch.no_grad()
 def generate(
     model,
@@ -222,8 +213,6 @@ def generate(
     ``tokens_per_s``, ``num_prompts``. The model is put in eval mode for the call and restored.
     """
     from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList, StopStringCriteria
-
-    from .beam_search import beam_search
 
     check_decode_config(cfg)
     device = torch.device(device) if device is not None else next(model.parameters()).device

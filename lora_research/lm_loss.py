@@ -25,6 +25,8 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
+from .forward_signature import cache_keyword, forward_takes
+
 
 def labelled_positions(labels: torch.Tensor, ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor]:
     """(mask [batch, length] of positions whose *next* token is labelled, their target ids [N])."""
@@ -125,7 +127,6 @@ def shared_prompt_loss(
     """
     from transformers import DynamicCache
 
-    from .decoding import cache_keyword, forward_takes
 
     ids, labels = inputs["input_ids"], inputs["labels"]
     plan = shared_prompt_plan(ids, labels, inputs.get("attention_mask"), ignore_index)
