@@ -190,7 +190,9 @@ def beam_search(
         beam_rows += a * k
         for r in active.tolist():
             row_steps[r] += 1
-        logits = outputs.logits[:, -1, :].to(copy=True, dtype=torch.float32)
+        # HF copies the last logits (``.to(copy=True)``); log_softmax below makes a new tensor anyway, so the
+        # fresh [rows*beams, vocab] copy per step (15 MB at 80 beams) is skipped: ~1-2% of decoding here
+        logits = outputs.logits[:, -1, :].float()
         del outputs
 
         # b. log probs -> processors -> + running beam scores

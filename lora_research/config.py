@@ -281,7 +281,7 @@ def check_against_model(run: RunConfig) -> None:
     import torch
 
     from lora_research.methods import count_parameters, get_method_class
-    from lora_research.models import _from_pretrained_args, _random_config
+    from lora_research.models import _random_config, config_source
     from lora_research.tasks import build_task
     from lora_research.targets import get_family, is_head_parameter
 
@@ -298,7 +298,7 @@ def check_against_model(run: RunConfig) -> None:
         if run.model.random_init:
             hf_cfg = _random_config(run.model, **task_kwargs)
         else:
-            path, kwargs = _from_pretrained_args(run.model.name_or_path)
+            path, kwargs = config_source(run.model)
             hf_cfg = AutoConfig.from_pretrained(path, **kwargs, **task_kwargs)
         auto = AutoModelForCausalLM if task.head == "generation" else AutoModelForSequenceClassification
         with torch.device("meta"):

@@ -65,6 +65,7 @@ def test_train_writes_scores_and_official_files(e2e_run):
     assert fe["decoding"]["strategy"] == "beam" and fe["decoding"]["num_beams"] == 2
     assert fe["decoding"]["length_penalty"] == 0.9 and fe["decoding"]["no_repeat_ngram_size"] == 4
     assert fe["decode_tokens_per_s"] > 0
+    assert 0 < fe["score_seconds"] and isinstance(fe["decode_seconds"], float)  # timed apart (bench_jobs' like-for-like)
     on_disk = json.loads((run_dir / "summary.json").read_text())
     assert on_disk["final_evaluation"]["BLEU"] == fe["BLEU"]
     # trainable = LoRA q,v only: 2 matrices x 2 layers x (A + B) = 2 * 4 * d * r

