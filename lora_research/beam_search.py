@@ -44,6 +44,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from .beam_cache import spare_slot_cache
 from .forward_signature import cache_keyword, forward_takes
 
 __all__ = ["beam_search"]
@@ -91,7 +92,7 @@ def beam_search(
     ``prompt_cache``: optional ``DynamicCache`` of the first ``prompt_len - c`` prompt positions,
     already repeated ``num_beams`` times per row (``decoding._shared_prompt_cache`` gives
     ``prompt_len - 1``); only the remaining prompt tokens are then run, as ``generate`` does when
-    given a cache. It is modified in place. Without it the expanded prompt is run like HF does.
+    given a cache. Its tensors move into the beam cache (it is left empty). Without it the expanded prompt is run like HF does.
 
     Returns ``sequences`` ``[batch, prompt_len + n]`` exactly as ``model.generate`` returns them
     (``n`` = longest best hypothesis of the batch, shorter rows filled as above). With
@@ -99,8 +100,6 @@ def beam_search(
     row took part in, ``info["steps"]`` = forward passes in all, ``info["beam_rows"]`` = sum over
     passes of the rows*beams run (HF would run ``steps * batch * num_beams``).
     """
-    from transformers import DynamicCache
-
     if num_beams < 2:
         raise ValueError(f"num_beams must be >= 2 (got {num_beams}); generate decodes num_beams=1 greedily")
     if max_new_tokens < 1:
@@ -142,14 +141,12 @@ def beam_search(
 
     cache_kw = cache_keyword(model)
     keep_kw = {"logits_to_keep": 1} if forward_takes(model, "logits_to_keep") else {}
-    if prompt_cache is None:
-        cache = DynamicCache(config=model.config.get_text_config(decoder=True))
-        past = 0
-    else:
-        cache = prompt_cache
-        past = cache.get_seq_length()
-        if not 0 <= past < prompt_len:
-            raise ValueError(f"prompt_cache holds {past} positions; it must hold fewer than the prompt's {prompt_len}")
+    past = 0 if prompt_cache is None else prompt_cache.get_seq_length()
+    if not 0 <= past < prompt_len:
+        raise ValueError(f"prompt_cache holds {past} positions; it must hold fewer than the prompt's {prompt_len}")
+    # appends into a spare slot instead of torch.cat-ing the whole cache each step (beam_cache); the prompt
+    # cache's tensors move into it
+    cache = spare_slot_cache(model, prompt_cache)
 
     # HF state, for the rows still in the model batch ("active"), in HF's [rows, beams, ...] layout
     running_sequences = torch.full((batch, k, max_length), fill, dtype=torch.int64, device=device)
