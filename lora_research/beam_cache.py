@@ -7,7 +7,7 @@ spare position, and the next step's keys and values are written into that slot i
 concatenation disappears. Memory stays that of ``DynamicCache`` plus one position. Attention reads
 the same numbers (a view of the filled positions), so outputs are bit-identical; the beam search
 that uses it is checked token for token against ``model.generate`` in ``tests/test_beam_search.py``.
-On SmolLM2-135M (80 beam rows) the cache's share of a decoding step fell from ~8% to ~5%.
+Decoding 24 E2E MRs with SmolLM2-135M (beam 10, batch 8): 16.3 vs 17.0 s with ``DynamicCache``.
 
 Only what :func:`lora_research.beam_search.beam_search` needs is supported: ``update``,
 ``get_seq_length`` and ``reorder_cache`` (which may also drop rows, as finished MRs leave the batch).

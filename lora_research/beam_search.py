@@ -92,7 +92,8 @@ def beam_search(
     ``prompt_cache``: optional ``DynamicCache`` of the first ``prompt_len - c`` prompt positions,
     already repeated ``num_beams`` times per row (``decoding._shared_prompt_cache`` gives
     ``prompt_len - 1``); only the remaining prompt tokens are then run, as ``generate`` does when
-    given a cache. Its tensors move into the beam cache (it is left empty). Without it the expanded prompt is run like HF does.
+    given a cache. Its tensors move into the beam cache (it is left empty). Without it the expanded
+    prompt is run like HF does.
 
     Returns ``sequences`` ``[batch, prompt_len + n]`` exactly as ``model.generate`` returns them
     (``n`` = longest best hypothesis of the batch, shorter rows filled as above). With

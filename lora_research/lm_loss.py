@@ -127,7 +127,6 @@ def shared_prompt_loss(
     """
     from transformers import DynamicCache
 
-
     ids, labels = inputs["input_ids"], inputs["labels"]
     plan = shared_prompt_plan(ids, labels, inputs.get("attention_mask"), ignore_index)
     if plan is None or set(inputs) - {"input_ids", "attention_mask", "labels"}:

@@ -243,34 +243,34 @@ def config_source(model_cfg: Any) -> tuple[str, dict]:
     return path, kwargs
 
 
-def _cached_gguf_config(gguf: Path) -> Path:
-    """A folder holding ``config.json`` of ``AutoConfig.from_pretrained(folder, gguf_file=...)``, written once."""
+def _write_entry(entry: Path, save) -> None:
+    """Write a cache entry: ``save(folder)`` fills a temporary folder, which is then moved into place."""
     import tempfile
 
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=entry.parent))
+    save(tmp)
+    _publish(tmp, entry)
+
+
+def _cached_gguf_config(gguf: Path) -> Path:
+    """A folder holding ``config.json`` of ``AutoConfig.from_pretrained(folder, gguf_file=...)``, written once."""
     from transformers import AutoConfig
 
     entry = _gguf_entry(gguf, "config")
     if not (entry / "config.json").is_file():
         config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=entry.parent))
-        config.save_pretrained(str(tmp))
-        _publish(tmp, entry)
+        _write_entry(entry, lambda tmp: config.save_pretrained(str(tmp)))
     return entry
 
 
 def _cached_gguf_tokenizer(gguf: Path):
-    import tempfile
-
     from transformers import AutoTokenizer
 
     entry = _gguf_entry(gguf, "tokenizer")
     if not (entry / "tokenizer_config.json").is_file():
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=entry.parent))
-        tok.save_pretrained(str(tmp))
-        _publish(tmp, entry)
+        _write_entry(entry, lambda tmp: tok.save_pretrained(str(tmp)))
     tok = AutoTokenizer.from_pretrained(str(entry))
     try:  # same identity as the tokenizer read from the GGUF (feature-cache keys, summaries)
         tok.name_or_path = str(gguf.parent)
@@ -281,8 +281,6 @@ def _cached_gguf_tokenizer(gguf: Path):
 
 def _convert_gguf(gguf: Path, dtype: torch.dtype, entry: Path) -> None:
     """De-quantise every tensor of ``gguf`` once, into ``dtype``, and store a checkpoint folder."""
-    import tempfile
-
     import numpy as np
     from gguf import GGUFReader, dequantize
     from safetensors.torch import save_file
@@ -318,13 +316,13 @@ def _convert_gguf(gguf: Path, dtype: torch.dtype, entry: Path) -> None:
         if not w.flags.writeable:  # an unquantised tensor comes back as a view of the read-only file map
             w = w.copy()
         tensors[mapping[result.name]] = torch.from_numpy(w).to(dtype)
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=entry.parent))
-    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    del tensors, parsed
     config.dtype = dtype
-    config.save_pretrained(str(tmp))
-    _publish(tmp, entry)
+
+    def save(tmp: Path) -> None:
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        config.save_pretrained(str(tmp))
+
+    _write_entry(entry, save)
 
 
 def _cached_gguf_causal_lm(gguf: Path, dtype: torch.dtype):
