@@ -186,6 +186,10 @@ def section_quickstart(args, ours: Path, work: Path) -> dict:
     arms = ["ours", "peer"]
     grouped = ours_has(ours, "from lora_research.config import TrainerConfig\n"
                              "assert 'train_sampling' in {f.name for f in fields(TrainerConfig)}")
+    split = ours_has(ours, "from lora_research.config import TrainerConfig\n"
+                           "assert 'train_batch_split' in {f.name for f in fields(TrainerConfig)}")
+    if split:  # the preset's levers off: each batch in one padded forward, the paper's computation
+        arms.append("ours_padded")
     if grouped and not args.no_grouped:
         arms.append("ours_grouped")
     if args.bf16:  # bf16 autocast (CPUs with AMX / AVX512-BF16, or CUDA); the peer gets the same switch
@@ -203,6 +207,8 @@ def section_quickstart(args, ours: Path, work: Path) -> dict:
                       f"seed={seed}", f"hydra.run.dir={d}", *size]
             if arm == "ours_grouped":
                 target.append("trainer.train_sampling=group_by_length")
+            if arm == "ours_padded":
+                target += ["trainer.train_batch_split=none", "trainer.unpadded=false"]
             if arm == "ours_bf16":
                 target.append("trainer.precision=bf16")
         rec = run_job(target, cwd=ours if not arm.startswith("peer") else ROOT, work=work / "quickstart", name=f"{arm}_s{seed}")

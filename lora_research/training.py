@@ -16,6 +16,7 @@ What this module adds to Trainer:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,9 +29,10 @@ from typing import Any, Optional
 
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+from accelerate.utils import DistributedType
 from transformers.trainer_utils import get_last_checkpoint
 
-from lora_research import adapter_file, distributed, lm_loss, outputs
+from lora_research import adapter_file, batch_split, distributed, lm_loss, outputs, unpadded
 from lora_research.config import RunConfig
 from lora_research.methods import Method, count_parameters, get_method_class
 from lora_research.models import load_model, load_tokenizer, pick_device, resolve_family
@@ -66,8 +68,24 @@ class RunTrainer(Trainer):
     diverged: Optional[tuple] = None  # (step, what, value) of the first non-finite value
     eval_shared_prompts: bool = False  # trainer.eval_shared_prompts (lm_loss.shared_prompt_loss)
 
-    def training_step(self, *args, **kwargs):
-        loss = super().training_step(*args, **kwargs)
+    split_piece_tokens: Optional[int] = None  # trainer.train_batch_split=length: lora_research.batch_split
+    _piece_share: Optional[float] = None  # the current piece's share of its batch's rows
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        pieces = [(inputs, 1.0)] if self.split_piece_tokens is None else \
+            batch_split.split_batch(inputs, self.split_piece_tokens)
+        if len(pieces) == 1:
+            loss = super().training_step(model, pieces[0][0], num_items_in_batch)
+        else:  # one optimizer step's batch as length-sorted pieces; gradients synchronised after the last
+            loss = 0.0
+            for k, (piece, share) in enumerate(pieces):
+                sync = k == len(pieces) - 1 or self.accelerator.distributed_type == DistributedType.DEEPSPEED
+                with contextlib.nullcontext() if sync else self.accelerator.no_sync(model):
+                    self._piece_share = share
+                    try:
+                        loss = loss + super().training_step(model, piece, num_items_in_batch)
+                    finally:
+                        self._piece_share = None
         if self.diverged is None and _nonfinite(loss):
             self.diverged = (self.state.global_step + 1, "loss", float(loss.detach().float().mean()))
         return loss
@@ -76,6 +94,9 @@ class RunTrainer(Trainer):
         """A causal LM's loss from the logits of its labelled positions only (:mod:`lora_research.lm_loss`:
         the same value as Trainer's, without the [batch, length, vocabulary] logits and their copies).
         Other models, and evaluations that keep logits for ``compute_metrics``, take Trainer's path."""
+        if self._piece_share is not None:  # a piece of a split batch: its share of the batch's mean loss
+            loss = super().compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+            return loss * self._piece_share
         if "labels" not in inputs or (return_outputs and self.compute_metrics is not None) or not self._causal_lm(model):
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         loss = None
@@ -419,6 +440,7 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
     if run.init_from:
         loaded = load_init(model, run.init_from, family, base=base_identity)
         log.info("init_from %s: %d tensors loaded", run.init_from, len(loaded))
+    unpadded_hooks = unpadded.enable(model, family, method) if t.unpadded else None
     distributed.mean_loss_per_batch(model)  # DDP / gradient accumulation scale the loss right
     counts = count_parameters(model, family)
     log.info(
@@ -465,6 +487,7 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
         callbacks=callbacks,
     )
     trainer.eval_shared_prompts = bool(t.eval_shared_prompts)
+    trainer.split_piece_tokens = t.split_piece_tokens if t.train_batch_split == "length" else None
     trainer.remove_callback(PrinterCallback)  # its print(logs) is replaced by ConsoleCallback
     trainer.add_callback(ConsoleCallback())
     divergence.trainer = trainer
@@ -494,6 +517,8 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
         trainer.evaluate()  # make sure the final weights are evaluated once
         records = outputs.read_metrics(run_dir)
 
+    if unpadded_hooks is not None:
+        unpadded_hooks.remove()  # the final evaluation and everything after see the model as loaded and adapted
     best = callback.best
     final_metrics: dict[str, Any] = {}
     if task.final_evaluation:

@@ -48,6 +48,9 @@ class Method(abc.ABC):
     name: ClassVar[str]
     Config: ClassVar[type]
     can_merge: ClassVar[bool] = False
+    # the method changes how each token is computed, never which positions a block sees (prefix tuning inserts
+    # positions): an encoder can run its batches packed, real tokens only (trainer.unpadded, lora_research.unpadded)
+    token_wise: ClassVar[bool] = True
 
     def __init__(self, cfg: Any):
         self.cfg = cfg

@@ -100,6 +100,7 @@ class _PrefixMethod(Method):
     """Shared insertion/strip machinery of PreEmbed and PreLayer."""
 
     attr = "prefix_tuning"
+    token_wise = False  # inserts positions: batches cannot be packed (lora_research.unpadded)
 
     def _check(self) -> None:
         cfg = self.cfg
