@@ -16,7 +16,9 @@ qnli, rte
 This module is pure (numbers in, numbers out) and deliberately does not import the task
 or model code, so it can be used from evaluation scripts and the analysis layer alike.
 Computations use scikit-learn (``matthews_corrcoef``, ``f1_score``) and scipy
-(``pearsonr``, ``spearmanr``), exactly as the Hugging Face ``glue`` metric does.
+(``pearsonr``, ``spearmanr``), exactly as the Hugging Face ``glue`` metric does; each is imported by the
+task that needs it (scipy.stats and sklearn.metrics take ~0.9 s to import, and accuracy-only tasks such as
+SST-2 need neither: issue #13's start-up).
 """
 
 from __future__ import annotations
@@ -26,8 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import f1_score, matthews_corrcoef
 
 __all__ = [
     "GLUE_EVALUATE_PATH",
@@ -55,6 +55,12 @@ GLUE_EVALUATE_PATH: str = str(Path(__file__).with_name("glue_evaluate"))
 
 #: Tasks whose label is a real-valued score (one output unit, MSE loss).
 REGRESSION_TASKS: frozenset[str] = frozenset({"stsb"})
+
+
+def _scipy_stats():
+    import scipy.stats
+
+    return scipy.stats
 
 
 def _check_task(task: str) -> str:
@@ -123,14 +129,18 @@ def compute_glue_metrics(task: str, predictions: Any, references: Any) -> dict[s
     if task in REGRESSION_TASKS:
         p, r = preds.astype(np.float64), refs.astype(np.float64)
         return {
-            "pearson": float(pearsonr(p, r)[0]),
-            "spearmanr": float(spearmanr(p, r)[0]),
+            "pearson": float(_scipy_stats().pearsonr(p, r)[0]),
+            "spearmanr": float(_scipy_stats().spearmanr(p, r)[0]),
         }
 
     if task == "cola":
+        from sklearn.metrics import matthews_corrcoef
+
         return {"matthews_correlation": float(matthews_corrcoef(refs, preds))}
 
     out = {"accuracy": float(np.mean(preds == refs))}
     if "f1" in GLUE_METRIC_NAMES[task]:
+        from sklearn.metrics import f1_score
+
         out["f1"] = float(f1_score(y_true=refs, y_pred=preds, pos_label=1, average="binary"))
     return out
