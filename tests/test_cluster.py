@@ -199,6 +199,25 @@ def test_torchrun_two_processes_equals_one_process_over_the_same_global_batches(
     assert abs(acc * 47 - round(acc * 47)) < 1e-9, "accuracy over exactly 47 examples (no padding repeats)"
 
 
+def test_torchrun_with_split_and_unpadded_batches_equals_one_plain_process(glue_dir, glue_env, tmp_path):
+    """The quickstart's speed levers under DDP (pieces synchronise gradients once, after the last): two
+    processes with trainer.train_batch_split=length and trainer.unpadded=true train the adapter that one
+    process with neither trains over the same global batches (dropout off)."""
+    common = ["model=tiny_bert", "task=rte", "logger=none", "trainer.device=cpu", "trainer.threads=1",
+              "task.max_train_samples=64", "task.max_eval_samples=47", "trainer.max_steps=4", "trainer.lr=5e-3",
+              "method.dropout=0.0", *NO_DROPOUT]
+    single = run(compose(common + ["trainer.batch_size=16"]), tmp_path / "single")
+    ddp = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "lora_research.train",
+           *common, "trainer.batch_size=8", "trainer.train_batch_split=length", "trainer.split_piece_tokens=0",
+           "trainer.unpadded=true", f"hydra.run.dir={ddp}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(tmp_path, glue_dir, OMP_NUM_THREADS="1"),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_same_adapter(ddp, tmp_path / "single", atol=1e-5)
+    assert outputs.load_summary(ddp)["metrics"]["accuracy"] == single["metrics"]["accuracy"]
+
+
 # --- W&B ------------------------------------------------------------------------------------------
 
 def test_wandb_offline_run_reads_back(glue_env, tmp_path, monkeypatch):
