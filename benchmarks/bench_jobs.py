@@ -11,8 +11,11 @@ Sections (``--only``), each a ratio against its goal:
                 vs ``benchmarks/peer_quickstart.py`` (Trainer + PEFT, same data, hyper-parameters and
                 evaluation), one job per seed for each arm, arms interleaved (A B, B A, ...). Wall time
                 ratio (goal <= 0.6) at equal dev accuracy (mean over seeds, goal within 1 point). When
-                the checkout has ``trainer.train_sampling`` a third arm runs the job with
-                ``train_sampling=group_by_length`` (changes batch composition: its accuracy is reported).
+                the checkout has ``trainer.train_batch_split``, an ``ours_padded`` arm runs the preset with
+                ``trainer.train_batch_split=none trainer.unpadded=false`` (each batch in one padded forward,
+                the paper's computation); when it has ``trainer.train_sampling``, an ``ours_grouped`` arm
+                runs ``train_sampling=group_by_length`` (changes batch composition: its accuracy is
+                reported; ``--no-grouped`` skips it).
 ``e2e``         SmolLM2 + LoRA E2E job (``experiment=smollm2_lora_e2e_cpu`` with a fixed number of steps,
                 then beam-10 decoding of the dev MRs) vs ``benchmarks/peer_e2e.py`` (Trainer + PEFT +
                 ``generate(num_beams=10)``); wall ratio (goal <= 0.6), BLEU of both (goal within 0.5),
