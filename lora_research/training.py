@@ -62,14 +62,22 @@ class RunTrainer(Trainer):
 
     Every micro-batch loss is checked here, every gradient norm by :class:`DivergenceCallback` (Trainer
     itself hides a NaN loss from its logs, ``logging_nan_inf_filter``), which stops the run on the first.
-    Only Trainer's public methods are overridden.
+    A training batch may be computed as length-sorted pieces, one optimizer step per batch as before
+    (``trainer.train_batch_split=length``, :mod:`lora_research.batch_split`). Only Trainer's public methods
+    are overridden.
     """
 
     diverged: Optional[tuple] = None  # (step, what, value) of the first non-finite value
-    eval_shared_prompts: bool = False  # trainer.eval_shared_prompts (lm_loss.shared_prompt_loss)
-
-    split_piece_tokens: Optional[int] = None  # trainer.train_batch_split=length: lora_research.batch_split
     _piece_share: Optional[float] = None  # the current piece's share of its batch's rows
+
+    def __init__(self, *args, eval_shared_prompts: bool = False, split_piece_tokens: Optional[int] = None,
+                 **kwargs):
+        """``eval_shared_prompts``: trainer.eval_shared_prompts (:func:`lm_loss.shared_prompt_loss`);
+        ``split_piece_tokens``: trainer.train_batch_split=length's piece cost (:mod:`lora_research.batch_split`),
+        None: each batch in one forward. The other arguments are Trainer's."""
+        super().__init__(*args, **kwargs)
+        self.eval_shared_prompts = eval_shared_prompts
+        self.split_piece_tokens = split_piece_tokens
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         pieces = [(inputs, 1.0)] if self.split_piece_tokens is None else \
@@ -485,9 +493,9 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
         # a task without prediction metrics (E2E: dev loss only) must not make Trainer keep every dev logit
         compute_metrics=task.compute_metrics if type(task).compute_metrics is not Task.compute_metrics else None,
         callbacks=callbacks,
+        eval_shared_prompts=bool(t.eval_shared_prompts),
+        split_piece_tokens=t.split_piece_tokens if t.train_batch_split == "length" else None,
     )
-    trainer.eval_shared_prompts = bool(t.eval_shared_prompts)
-    trainer.split_piece_tokens = t.split_piece_tokens if t.train_batch_split == "length" else None
     trainer.remove_callback(PrinterCallback)  # its print(logs) is replaced by ConsoleCallback
     trainer.add_callback(ConsoleCallback())
     divergence.trainer = trainer
