@@ -18,6 +18,7 @@ METHODS = {
     "lora": {"name": "lora", "r": 4, "alpha": 8, "targets": ["q", "k", "v", "o"], "dropout": 0.0},
     "adapter_h": {"name": "adapter_h"},
     "bitfit": {"name": "bitfit"},
+    "full_ft": {"name": "full_ft"},
 }
 
 
@@ -67,6 +68,25 @@ def test_outputs_and_gradients_equal_the_padded_model(family, method):
     assert grads and all(g is not None for _, g, _ in grads)
     for name, g_plain, g_packed in grads:
         torch.testing.assert_close(g_packed, g_plain, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_gradient_checkpointing_passes_the_packing_down():
+    """Trainer's activation checkpointing wraps each layer's call: the packing keyword still reaches attention."""
+    plain, spec, m = _adapted("bert", "lora")
+    packed = copy.deepcopy(plain)
+    hooks = unpadded.enable(packed, spec, m)
+    batch = _batch("bert")
+    for model in (plain, packed):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.Dropout):
+                mod.p = 0.0
+        model(**batch).loss.backward()
+    assert hooks.packed_calls == 1
+    for (name, p), q in zip(plain.named_parameters(), packed.parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_unpadded_batches_and_requested_hidden_states_run_padded():
