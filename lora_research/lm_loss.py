@@ -28,6 +28,9 @@ import torch.nn.functional as F
 from .forward_signature import cache_keyword, forward_takes
 
 
+EVAL_CHUNK = 64  # positions whose logits exist at once in a loss without gradients
+
+
 def labelled_positions(labels: torch.Tensor, ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor]:
     """(mask [batch, length] of positions whose *next* token is labelled, their target ids [N])."""
     nxt = labels[:, 1:]
@@ -55,19 +58,34 @@ def completion_loss(
     if head is None:
         raise ValueError(f"{type(inner).__name__} has no output embedding: completion_loss needs a causal LM")
 
+    # without gradients (evaluation) the head runs here, EVAL_CHUNK positions at a time, instead of inside the
+    # model: the [N, vocabulary] logits and their log-softmax (SmolLM2 dev batch of 16: ~90 MB each) never exist
+    # whole. Only for heads whose output the model does not transform further (no logit soft-capping / scaling)
+    chunked = not torch.is_grad_enabled() and all(
+        getattr(inner.config, key, None) in (None, 1.0) for key in ("final_logit_softcapping", "logit_scale"))
+    kept: dict = {}
+
     def keep_labelled(_module, args, kwargs):
         hidden = args[0] if args else kwargs["input"]
         if hidden.shape[:2] != mask.shape:  # e.g. a caller asked for logits_to_keep: not ours to change
             raise ValueError(f"completion_loss: hidden states {tuple(hidden.shape)} do not match labels {tuple(mask.shape)}")
         picked = hidden[mask].unsqueeze(0)  # [1, N, d]
+        if chunked:
+            kept["hidden"], picked = picked[0], picked[:, :1]  # the model's own head call projects one row
         return ((picked,) + tuple(args[1:]), kwargs) if args else ((), {**kwargs, "input": picked})
 
     handle = head.register_forward_pre_hook(keep_labelled, with_kwargs=True)
     try:
-        logits = model(**inputs).logits[0]  # [N, vocabulary]
+        logits = model(**inputs).logits[0]  # [N, vocabulary] ([1, vocabulary] when chunked)
     finally:
         handle.remove()
-    loss = F.cross_entropy(logits.float(), targets, reduction="sum", label_smoothing=label_smoothing)
+    if chunked:
+        hidden = kept["hidden"]
+        loss = sum(F.cross_entropy(head(hidden[i: i + EVAL_CHUNK]).float(), targets[i: i + EVAL_CHUNK],
+                                   reduction="sum", label_smoothing=label_smoothing)
+                   for i in range(0, max(hidden.shape[0], 1), EVAL_CHUNK))
+    else:
+        loss = F.cross_entropy(logits.float(), targets, reduction="sum", label_smoothing=label_smoothing)
     if num_items_in_batch is None:
         denominator: Optional[Union[torch.Tensor, int]] = max(int(targets.numel()), 1)
     elif torch.is_tensor(num_items_in_batch):

@@ -63,6 +63,27 @@ def test_equals_trainer_loss_and_gradients(family, method, eps, num_items):
     assert "labels" in batch  # the caller's batch is not changed
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("eps,num_items", [(0.0, None), (0.1, 11)])
+def test_without_gradients_the_head_runs_in_chunks_with_the_same_loss(family, method, eps, num_items, monkeypatch):
+    """Evaluation (no grad): the head projects EVAL_CHUNK positions at a time, outside the model; same loss."""
+    import lora_research.lm_loss as lm_loss
+
+    model = _model(family, method).eval()
+    batch = _batch(family)
+    with torch.no_grad():
+        ref = _full_logits_loss(model, batch, eps, num_items)
+        monkeypatch.setattr(lm_loss, "EVAL_CHUNK", 3)  # 11 labelled positions: 4 chunks
+        rows = []
+        handle = model.get_output_embeddings().register_forward_hook(lambda m, a, out: rows.append(out.shape[-2]))
+        ours = completion_loss(model, batch, label_smoothing=eps, num_items_in_batch=num_items)
+        handle.remove()
+    assert int(labelled_positions(batch["labels"])[1].numel()) == 11
+    assert rows == [1, 3, 3, 3, 2]  # the model's own head call (one row), then the chunks
+    assert torch.allclose(ours, ref, rtol=1e-5, atol=1e-6), (float(ours), float(ref))
+
+
 def test_labelled_positions_by_hand():
     labels = torch.tensor([[-100, -100, 5, 6, -100], [-100, 7, 8, 9, 10]])
     mask, targets = labelled_positions(labels)
