@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 from accelerate.utils import DistributedType
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from lora_research import adapter_file, batch_split, distributed, lm_loss, outputs, unpadded
