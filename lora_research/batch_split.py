@@ -90,5 +90,5 @@ def split_batch(inputs: dict[str, Any], piece_tokens: int) -> list[tuple[dict[st
     pieces = length_pieces(extents, piece_tokens)
     if len(pieces) == 1 and extents.max(initial=0) == width:
         return [(inputs, 1.0)]
-    return [(take_piece(inputs, rows, n, width, int(extents[rows].max(initial=1)) or 1), len(rows) / n)
+    return [(take_piece(inputs, rows, n, width, int(extents[rows].max(initial=1))), len(rows) / n)
             for rows in pieces]

@@ -15,6 +15,7 @@ composition with OmegaConf's multi-line type error.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -271,18 +272,7 @@ def validate(cfg: DictConfig) -> RunConfig:
 
     pick_device(trainer.device)
     check_trainer(trainer)
-    if trainer.unpadded not in (True, False, "auto"):
-        raise ValueError(f"trainer.unpadded={trainer.unpadded!r} is not valid; valid choices: [true, false, auto]")
-    why_padded = unpadded_refusal(family, method)
-    if trainer.unpadded is True and why_padded:
-        raise ValueError(f"trainer.unpadded=true packs encoder batches (BERT, RoBERTa families) for methods that change "
-                         f"each token alone; {why_padded}; valid here: trainer.unpadded=false or auto")
-    if trainer.unpadded == "auto":
-        trainer.unpadded = not why_padded
-        if why_padded:
-            import logging
-
-            logging.getLogger(__name__).info("trainer.unpadded=auto: padded batches (%s)", why_padded)
+    resolve_unpadded(trainer, family, method)
     if trainer.train_batch_split != "none" and task.head not in ("classification", "regression"):
         raise ValueError(f"trainer.train_batch_split={trainer.train_batch_split} is for tasks whose loss is a mean "
                          f"over the batch's rows (classification, regression: GLUE); task {task.name} trains a "
@@ -302,13 +292,20 @@ def validate(cfg: DictConfig) -> RunConfig:
     )
 
 
-def unpadded_refusal(family, method) -> Optional[str]:
-    """Why ``trainer.unpadded`` cannot apply to this model family and method (None: it can)."""
-    if family.is_decoder:
-        return f"model family {family.name!r} is a decoder"
-    if not method.token_wise:
-        return f"method {method.name!r} inserts positions into the blocks' inputs"
-    return None
+def resolve_unpadded(trainer: TrainerConfig, family, method) -> None:
+    """Check ``trainer.unpadded`` against the model family and method; ``auto`` becomes true or false."""
+    if trainer.unpadded not in (True, False, "auto"):
+        raise ValueError(f"trainer.unpadded={trainer.unpadded!r} is not valid; valid choices: [true, false, auto]")
+    from lora_research.unpadded import refusal
+
+    why = refusal(family, method)
+    if trainer.unpadded is True and why:
+        raise ValueError(f"trainer.unpadded=true packs encoder batches (BERT, RoBERTa families) for methods that change "
+                         f"each token alone; {why}; valid here: trainer.unpadded=false or auto")
+    if trainer.unpadded == "auto":
+        trainer.unpadded = not why
+        if why:
+            logging.getLogger(__name__).info("trainer.unpadded=auto: padded batches (%s)", why)
 
 
 def check_against_model(run: RunConfig) -> None:

@@ -144,14 +144,22 @@ class Unpadded:
         self.model.set_attn_implementation(self.previous)
 
 
+def refusal(family, method) -> Optional[str]:
+    """Why batches of this model family and method cannot be packed (None: they can). Config validation and
+    :func:`enable` both ask here."""
+    if family.is_decoder:
+        return f"model family {family.name!r} is a decoder"
+    if not getattr(method, "token_wise", True):
+        return f"method {method.name!r} inserts positions into the blocks' inputs"
+    return None
+
+
 def enable(model, family, method) -> Unpadded:
     """Compute ``model``'s encoder on real tokens only; ``ValueError`` where that would change what it computes."""
-    if family.is_decoder:
-        raise ValueError(f"trainer.unpadded=true packs encoder batches (BERT, RoBERTa); model family "
-                         f"{family.name!r} is a decoder; valid here: trainer.unpadded=false")
-    if not getattr(method, "token_wise", True):
-        raise ValueError(f"trainer.unpadded=true cannot pack method {method.name!r}: it inserts positions into the "
-                         "blocks' inputs; valid with it: trainer.unpadded=false")
+    why = refusal(family, method)
+    if why:
+        raise ValueError(f"trainer.unpadded=true cannot pack method {method.name!r} with model family "
+                         f"{family.name!r}: {why}; valid with it: trainer.unpadded=false")
     body = model.base_model
     encoder = getattr(body, "encoder", None)
     if encoder is None or not hasattr(encoder, "layer"):
