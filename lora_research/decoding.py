@@ -35,10 +35,11 @@ variant; (2) hypotheses still running at ``max_new_tokens`` are scored with the 
 both. Greedy decoding is ``num_beams=1`` (no length penalty).
 
 Engines: ``decode.engine=hf`` calls ``model.generate`` on batches in file order. ``fast`` (default)
-gives the same tokens faster: batches of similar prompt length, each prompt run once for all its
-beams (:func:`_shared_prompt_cache`), and beam search by :func:`lora_research.beam_search.beam_search`
-(generate's algorithm; an MR whose search has ended leaves the model batch instead of being run to
-the end of the batch's longest MR).
+gives the same tokens faster: beam search by :func:`lora_research.beam_search.beam_search`
+(generate's algorithm) over the MRs in order of prompt length, each prompt run once for all its
+beams, ``batch_size`` MRs in the model batch at a time, and an MR whose search has ended leaving
+the batch for the next MR instead of waiting for the batch's longest MR. Greedy decoding
+(``num_beams=1``) is ``model.generate`` on batches of similar prompt length.
 """
 from __future__ import annotations
 
@@ -48,8 +49,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .beam_search import beam_search
-from .forward_signature import cache_keyword
+from .beam_search import beam_search, repeated_ngram_bans
 
 STOP_TEXT = "\n\n"
 STRATEGIES = ("beam", "greedy")
@@ -65,12 +65,12 @@ class DecodeConfig:
     length_penalty: float = 0.9  # score = sum log p / len**lp; paper 0.9, repo README 0.8
     no_repeat_ngram_size: int = 4  # no n-gram of generated tokens repeats (0 = off)
     max_new_tokens: int = 64  # repo --eval_len 64
-    batch_size: int = 8  # MRs decoded together (left padding)
+    batch_size: int = 8  # MRs decoded together (fast beam: in the model batch at once, refilled as MRs end)
     max_mrs: Optional[int] = None  # decode only the first N MRs of the eval split (CPU budgets)
     early_stopping: str = "false"  # HF beam early stopping: false (heuristic) | true | never (exhaustive, like the repo)
-    # fast: prompts batched by length, each prompt's KV cache computed once and shared by its beams, MRs whose
-    # beam search has ended leave the model batch (lora_research.beam_search; same outputs as hf)
-    # | hf: plain model.generate on batches in file order
+    # fast: prompts in order of length, each prompt's KV cache computed once and shared by its beams, an MR whose
+    # beam search has ended leaves the model batch and the next MR takes its rows (lora_research.beam_search; same
+    # outputs as hf) | hf: plain model.generate on batches in file order
     engine: str = "fast"
 
 
@@ -139,15 +139,11 @@ class GeneratedNoRepeatNGram:
         self.prompt_len = prompt_len
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        n = self.n
         gen = input_ids[:, self.prompt_len:]
-        length = gen.shape[1]
-        if n <= 0 or length + 1 < n:
+        if self.n <= 0 or gen.shape[1] + 1 < self.n:
             return scores
-        rows = gen.tolist()
-        for b, toks in enumerate(rows):
-            prefix = tuple(toks[length - n + 1:]) if n > 1 else ()
-            banned = [toks[i + n - 1] for i in range(length - n + 1) if tuple(toks[i:i + n - 1]) == prefix]
+        for b, toks in enumerate(gen.tolist()):
+            banned = repeated_ngram_bans(toks, self.n)
             if banned:
                 scores[b, banned] = -float("inf")
         return scores
@@ -177,25 +173,6 @@ def postprocess(tokenizer, generated: Sequence[int], stop_ids: Sequence[int]) ->
     text = text.split(STOP_TEXT, 1)[0]
     text = " ".join(text.replace("\r", "\n").split("\n")).strip()
     return text, len(toks)
-
-
-def _shared_prompt_cache(model, ids: torch.Tensor, mask: torch.Tensor, num_beams: int):
-    """KV cache of every prompt but its last token, computed once per prompt, copied to its beams.
-
-    ``model.generate(num_beams=k)`` repeats each prompt k times *before* running it, so the prompt
-    (about half the work of a short E2E completion) is computed k times. Given this cache, generate
-    only runs the last prompt token (for all beams) and then decodes as usual: same positions
-    (``cumsum(mask) - 1``, as HF's ``prepare_inputs_for_generation``), same masks, same beam search.
-    """
-    from transformers import DynamicCache
-
-    pos = mask.long().cumsum(-1) - 1
-    pos = pos.masked_fill(mask == 0, 1)
-    cache = DynamicCache(config=model.config)
-    model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1], **{cache_keyword(model): cache},
-          use_cache=True, logits_to_keep=1)
-    cache.batch_repeat_interleave(num_beams)
-    return cache
 
 
 @torch.no_grad()
@@ -231,53 +208,57 @@ def generate(
     n_tokens = 0
     start = time.perf_counter()
     try:
-        for b in range(0, len(prompts), cfg.batch_size):
-            rows = order[b: b + cfg.batch_size]
-            batch = [prompts[i] for i in rows]
-            ids, mask = left_pad(batch, pad_id)
-            ids, mask = ids.to(device), mask.to(device)
-            prompt_len = ids.shape[1]
-            extra = {}
-            if fast and beam and prompt_len > 1:
-                extra[cache_keyword(model)] = _shared_prompt_cache(model, ids, mask, cfg.num_beams)
-            gen_cfg = GenerationConfig(
-                max_new_tokens=cfg.max_new_tokens,
-                do_sample=False,
-                num_beams=cfg.num_beams if beam else 1,
-                length_penalty=cfg.length_penalty if beam else 1.0,
-                early_stopping=early if beam else False,
-                no_repeat_ngram_size=0,
-                eos_token_id=stop_ids,
-                pad_token_id=pad_id,
-                use_cache=True,
+        if fast and beam:  # generate's beam search as a stream: a finished MR's rows take the next MR (same tokens)
+            def one_done(_i: int) -> None:
+                nonlocal done_count
+                done_count += 1
+                if progress is not None:
+                    progress(done_count, len(prompts))
+
+            outs = beam_search(
+                model, [prompts[i] for i in order], batch_size=cfg.batch_size, num_beams=cfg.num_beams,
+                max_new_tokens=cfg.max_new_tokens, length_penalty=cfg.length_penalty, early_stopping=early,
+                eos_token_ids=stop_ids, pad_token_id=pad_id, no_repeat_ngram_size=cfg.no_repeat_ngram_size,
+                stopping_criteria=StoppingCriteriaList([stop_on_text]), on_done=one_done,
             )
-            processors = LogitsProcessorList()
-            if cfg.no_repeat_ngram_size > 0:
-                processors.append(GeneratedNoRepeatNGram(cfg.no_repeat_ngram_size, prompt_len))
-            if fast and beam:  # generate's beam search, finished MRs leaving the model batch (same tokens)
-                out = beam_search(
-                    model, ids, mask, num_beams=cfg.num_beams, max_new_tokens=cfg.max_new_tokens,
-                    length_penalty=cfg.length_penalty, early_stopping=early, eos_token_ids=stop_ids,
-                    pad_token_id=pad_id, logits_processor=processors,
-                    stopping_criteria=StoppingCriteriaList([stop_on_text]),
-                    prompt_cache=extra.get(cache_keyword(model)),
+            for i, row in zip(order, outs):
+                texts[i], n = postprocess(tokenizer, row, stop_ids)
+                n_tokens += n
+        else:
+            for b in range(0, len(prompts), cfg.batch_size):
+                rows = order[b: b + cfg.batch_size]
+                batch = [prompts[i] for i in rows]
+                ids, mask = left_pad(batch, pad_id)
+                ids, mask = ids.to(device), mask.to(device)
+                prompt_len = ids.shape[1]
+                gen_cfg = GenerationConfig(
+                    max_new_tokens=cfg.max_new_tokens,
+                    do_sample=False,
+                    num_beams=cfg.num_beams if beam else 1,
+                    length_penalty=cfg.length_penalty if beam else 1.0,
+                    early_stopping=early if beam else False,
+                    no_repeat_ngram_size=0,
+                    eos_token_id=stop_ids,
+                    pad_token_id=pad_id,
+                    use_cache=True,
                 )
-            else:
+                processors = LogitsProcessorList()
+                if cfg.no_repeat_ngram_size > 0:
+                    processors.append(GeneratedNoRepeatNGram(cfg.no_repeat_ngram_size, prompt_len))
                 out = model.generate(
                     input_ids=ids,
                     attention_mask=mask,
                     generation_config=gen_cfg,
                     logits_processor=processors,
                     stopping_criteria=StoppingCriteriaList([stop_on_text]),
-                    **extra,
                 )
-            for i, row in zip(rows, out[:, prompt_len:].tolist()):
-                text, n = postprocess(tokenizer, row, stop_ids)
-                texts[i] = text
-                n_tokens += n
-            done_count += len(rows)
-            if progress is not None:
-                progress(done_count, len(prompts))
+                for i, row in zip(rows, out[:, prompt_len:].tolist()):
+                    text, n = postprocess(tokenizer, row, stop_ids)
+                    texts[i] = text
+                    n_tokens += n
+                done_count += len(rows)
+                if progress is not None:
+                    progress(done_count, len(prompts))
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - start

@@ -1,9 +1,10 @@
-"""lora_research.beam_search: token-for-token equal to HF ``model.generate`` beam search.
+"""lora_research.beam_search: for every prompt, token-for-token what HF ``model.generate`` beam search gives.
 
 Tiny random GPT-2 and LLaMA (GQA) models built from configs (no download), weights scaled up so
 that the next-token distributions are peaked and the beam search meets its EOS ids at different
-steps in different rows (the row-dropping path). Every case compares with ``model.generate`` run
-with the GenerationConfig that ``decoding.generate`` builds.
+steps for different prompts (prompts leave, the next ones take their rows). Every case compares
+with ``model.generate`` on all the prompts in one left-padded batch, with the GenerationConfig that
+``decoding.generate`` builds; ours runs them with at most ``batch_size`` in the model batch.
 """
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from transformers import (
 )
 
 from _byte_tokenizer import byte_tokenizer
-from lora_research.beam_search import beam_search
-from lora_research.decoding import GeneratedNoRepeatNGram, _shared_prompt_cache, cache_keyword, left_pad, stop_token_ids
+from lora_research.beam_search import beam_search, repeated_ngram_bans
+from lora_research.decoding import GeneratedNoRepeatNGram, left_pad, stop_token_ids
+from lora_research.forward_signature import cache_keyword
 
 VOCAB = 100
 MAX_NEW = 15
@@ -58,122 +60,143 @@ PAD = {"gpt2": 0, "llama": 1}  # pad id 0: HF fills finished rows with eos[0] in
 _CACHE: dict = {}
 
 
-def model_and_prompts(name: str, lens=PROMPT_LENS):
-    """(model, ids, mask, eos ids): left-padded prompts; EOS = the 2 tokens the model predicts most."""
-    key = (name, tuple(lens))
+def model_and_prompts(name: str, lens=PROMPT_LENS, seed: int = 3):
+    """(model, prompts, eos ids); EOS = the 2 tokens the model predicts most."""
+    key = (name, tuple(lens), seed)
     if key not in _CACHE:
         model = MODELS[name]()
-        g = torch.Generator().manual_seed(3)
+        g = torch.Generator().manual_seed(seed)
         prompts = [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in lens]
         ids, mask = left_pad(prompts, PAD[name])
         with torch.no_grad():
             probs = model(input_ids=ids, attention_mask=mask).logits.softmax(-1)
         eos = probs.mean((0, 1)).topk(2).indices.tolist()
-        _CACHE[key] = (model, ids, mask, eos)
+        _CACHE[key] = (model, prompts, eos)
     return _CACHE[key]
 
 
-def hf_generate(model, ids, mask, *, num_beams, length_penalty, early_stopping, eos, pad, processors=None,
-                criteria=None, cache=None, max_new_tokens=MAX_NEW):
-    """``model.generate`` with the GenerationConfig of ``decoding.generate``."""
+def hf_generate(model, prompts, *, num_beams, length_penalty, early_stopping, eos, pad, ngram=0, criteria=None,
+                max_new_tokens=MAX_NEW) -> list[list[int]]:
+    """``model.generate`` on all prompts in one left-padded batch, with the GenerationConfig of
+    ``decoding.generate``; per prompt the tokens after the prompt (shorter hypotheses filled as HF fills)."""
+    ids, mask = left_pad(prompts, pad)
+    width = ids.shape[1]
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=num_beams,
                            length_penalty=length_penalty, early_stopping=early_stopping, no_repeat_ngram_size=0,
                            eos_token_id=eos, pad_token_id=pad, use_cache=True)
-    extra = {cache_keyword(model): cache} if cache is not None else {}
-    return model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg,
-                          logits_processor=processors if processors is not None else LogitsProcessorList(),
-                          stopping_criteria=criteria if criteria is not None else StoppingCriteriaList(), **extra)
+    procs = LogitsProcessorList([GeneratedNoRepeatNGram(ngram, width)] if ngram else [])
+    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg, logits_processor=procs,
+                         stopping_criteria=criteria if criteria is not None else StoppingCriteriaList())
+    return out[:, width:].tolist()
 
 
-def record_batch_sizes(model):
-    """Forward pre-hook recording the batch size (rows*beams) of every model call."""
-    sizes: list[int] = []
+def ours(model, prompts, *, num_beams, length_penalty, early_stopping, eos, pad, ngram=0, criteria=None,
+         batch_size=None, max_new_tokens=MAX_NEW):
+    """(outputs, info, cache lengths seen by the model)"""
+    lengths: list[int] = []
 
     def hook(_module, args, kwargs):
-        x = kwargs.get("input_ids", args[0] if args else None)
-        sizes.append(int(x.shape[0]))
+        lengths.append(kwargs[cache_keyword(model)].get_seq_length())
 
-    return sizes, model.register_forward_pre_hook(hook, with_kwargs=True)
-
-
-def both(model, ids, mask, *, num_beams, length_penalty, early_stopping, eos, pad, ngram=0, shared_cache=False,
-         criteria=None, max_new_tokens=MAX_NEW):
-    """(HF output, ours, info, our model batch sizes) for the same settings."""
-    prompt_len = ids.shape[1]
-
-    def procs():
-        return LogitsProcessorList([GeneratedNoRepeatNGram(ngram, prompt_len)] if ngram else [])
-
-    def cache():
-        return _shared_prompt_cache(model, ids, mask, num_beams) if shared_cache else None
-
-    ref = hf_generate(model, ids, mask, num_beams=num_beams, length_penalty=length_penalty,
-                      early_stopping=early_stopping, eos=eos, pad=pad, processors=procs(), criteria=criteria,
-                      cache=cache(), max_new_tokens=max_new_tokens)
-    prompt_cache = cache()
-    sizes, handle = record_batch_sizes(model)
+    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        ours, info = beam_search(model, ids, mask, num_beams=num_beams, max_new_tokens=max_new_tokens,
-                                 length_penalty=length_penalty, early_stopping=early_stopping, eos_token_ids=eos,
-                                 pad_token_id=pad, logits_processor=procs(), stopping_criteria=criteria,
-                                 prompt_cache=prompt_cache, return_info=True)
+        out, info = beam_search(model, prompts, batch_size=batch_size or len(prompts), num_beams=num_beams,
+                                max_new_tokens=max_new_tokens, length_penalty=length_penalty,
+                                early_stopping=early_stopping, eos_token_ids=eos, pad_token_id=pad,
+                                no_repeat_ngram_size=ngram, stopping_criteria=criteria, return_info=True)
     finally:
         handle.remove()
-    return ref, ours, info, sizes
+    return out, info, lengths
 
 
-def assert_same(ref: torch.Tensor, ours: torch.Tensor) -> None:
-    assert ours.dtype == ref.dtype and ours.shape == ref.shape, (ours.shape, ref.shape)
-    assert torch.equal(ours, ref), (ours.tolist(), ref.tolist())
+def assert_same(ref: list[list[int]], mine: list[list[int]], pad: int, eos) -> None:
+    """Ours, laid out as generate lays out its batch (every hypothesis filled with ``pad or eos[0]`` to the
+    longest), equals generate's output exactly."""
+    fill = pad or eos[0]
+    width = max(map(len, mine))
+    assert len(ref) == len(mine) and all(len(r) == width for r in ref), (ref, mine)
+    assert [m + [fill] * (width - len(m)) for m in mine] == ref, (ref, mine)
 
 
 SETTINGS = [(0.9, False), (1.5, False), (1.5, True), (0.9, "never"), (0.0, "never")]
-VARIANTS = {"plain": dict(ngram=0, shared_cache=False), "ngram": dict(ngram=3, shared_cache=False),
-            "cache": dict(ngram=0, shared_cache=True), "ngram+cache": dict(ngram=3, shared_cache=True)}
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("batch_size", [None, 2])
+@pytest.mark.parametrize("ngram", [0, 3])
 @pytest.mark.parametrize("length_penalty,early_stopping", SETTINGS)
 @pytest.mark.parametrize("num_beams", [3, 10])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_equals_hf_generate(name, num_beams, length_penalty, early_stopping, variant):
-    """Same tokens as model.generate (shape, prompt, fill after the end); the model batch only shrinks."""
-    model, ids, mask, eos = model_and_prompts(name)
-    ref, ours, info, sizes = both(model, ids, mask, num_beams=num_beams, length_penalty=length_penalty,
-                                  early_stopping=early_stopping, eos=eos, pad=PAD[name], **VARIANTS[variant])
-    assert_same(ref, ours)
-    assert sizes == sorted(sizes, reverse=True) and sizes[0] == ids.shape[0] * num_beams
-    assert info["steps"] == len(sizes) and info["beam_rows"] == sum(sizes)
-    if early_stopping is True or length_penalty == 0.0:  # with these seeds: rows end at different steps
-        assert min(info["row_steps"]) < info["steps"], info  # some row left the batch before the last step
+def test_equals_hf_generate(name, num_beams, length_penalty, early_stopping, ngram, batch_size):
+    """Same tokens as model.generate for every prompt, all prompts in the batch or 2 at a time."""
+    model, prompts, eos = model_and_prompts(name)
+    cfg = dict(num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping, eos=eos,
+               pad=PAD[name], ngram=ngram)
+    ref = hf_generate(model, prompts, **cfg)
+    mine, info, _ = ours(model, prompts, batch_size=batch_size, **cfg)
+    assert_same(ref, mine, cfg["pad"], cfg["eos"])
+    assert info["beam_rows"] == sum(info["row_steps"]) * num_beams
+    assert max(info["row_steps"]) <= MAX_NEW
+    if batch_size == 2:
+        assert info["prefills"] == 3  # prompts 0-1, 2-3, 4
+        assert info["steps"] < sum(info["row_steps"])  # prompts shared steps
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-def test_rows_leave_the_batch_at_different_steps(name):
-    """Rows end at three or more different steps; the model batch shrinks in as many stages; still == HF."""
-    model, ids, mask, eos = model_and_prompts(name)
-    ref, ours, info, sizes = both(model, ids, mask, num_beams=3, length_penalty=0.9, early_stopping=False,
-                                  eos=eos, pad=PAD[name], ngram=3, shared_cache=True)
-    assert_same(ref, ours)
+def test_prompts_leave_and_the_next_take_their_rows(name):
+    """Prompts end at three or more different steps; with 2 slots, each one that ends is replaced at once
+    (the model batch stays full while prompts wait); still == HF."""
+    model, prompts, eos = model_and_prompts(name)
+    cfg = dict(num_beams=3, length_penalty=0.9, early_stopping=False, eos=eos, pad=PAD[name], ngram=3)
+    ref = hf_generate(model, prompts, **cfg)
+    mine, info, lengths = ours(model, prompts, batch_size=2, **cfg)
+    assert_same(ref, mine, cfg["pad"], cfg["eos"])
     steps = info["row_steps"]
     assert len(set(steps)) >= 3, steps
-    assert sorted(set(sizes), reverse=True)[:2] == [ids.shape[0] * 3, (ids.shape[0] - 1) * 3]
-    assert info["beam_rows"] < info["steps"] * ids.shape[0] * 3  # HF runs every row at every step
-    # rows that finished early carry the fill value after their end, as HF's output
-    fill = PAD[name] or eos[0]
-    ends = [(row[ids.shape[1]:] == fill).nonzero() for row in ours]
-    assert any(len(e) for e in ends)
+    # while prompts wait, every step runs 2 prompts: the steps are at most those of the longest pairs
+    assert info["steps"] <= sum(sorted(steps, reverse=True)[:3]), info
+    assert info["beam_rows"] < info["steps"] * len(prompts) * 3  # HF runs every row at every step
+    # the cache forgets positions no prompt reads: never longer than one prompt's whole history
+    assert max(lengths) <= max(map(len, prompts)) + MAX_NEW
 
 
-def test_no_padding_and_single_row():
+@pytest.mark.parametrize("order", ["ascending", "descending"])
+def test_newcomers_longer_and_shorter_than_the_cache(order):
+    """Prompts of 2..14 tokens one slot at a time and two at a time: a newcomer longer than the cache makes room
+    at the left, a shorter one is masked before its start; == HF."""
+    lens = (2, 14, 3, 11, 4, 13, 1, 9)
+    model, prompts, eos = model_and_prompts("llama", lens=lens, seed=5)
+    prompts = sorted(prompts, key=len, reverse=order == "descending")
+    cfg = dict(num_beams=4, length_penalty=0.9, early_stopping=False, eos=eos, pad=PAD["llama"], ngram=3)
+    ref = hf_generate(model, prompts, **cfg)
+    for batch_size in (1, 2, 3):
+        mine, info, _ = ours(model, prompts, batch_size=batch_size, **cfg)
+        assert_same(ref, mine, cfg["pad"], cfg["eos"])
+
+
+def test_a_long_newcomer_makes_room_at_the_left_of_a_shorter_cache(monkeypatch):
+    """A 14-token prompt takes the rows of a prompt that ended while the cache held fewer positions: the cache
+    grows at the left (zeros, masked) and the prompt still in the batch keeps its positions; == HF."""
+    from lora_research.beam_cache import BeamCacheLayer
+
+    grown = []
+    extend = BeamCacheLayer.extend_left
+    monkeypatch.setattr(BeamCacheLayer, "extend_left",
+                        lambda self, n: (grown.append(self._k is not None), extend(self, n))[1])
+    model, prompts, eos = model_and_prompts("llama", lens=(1, 2, 14, 13, 1, 12), seed=3)
+    cfg = dict(num_beams=4, length_penalty=0.9, early_stopping=False, eos=eos, pad=PAD["llama"], ngram=3)
+    ref = hf_generate(model, prompts, **cfg)
+    mine, info, _ = ours(model, prompts, batch_size=2, **cfg)
+    assert_same(ref, mine, cfg["pad"], cfg["eos"])
+    assert any(grown), grown  # a cache already in use grew at the left
+
+
+def test_no_padding_and_single_prompt():
     """Equal-length prompts (HF drops the all-ones mask) and a batch of one."""
-    model, ids, mask, eos = model_and_prompts("llama", lens=(6, 6, 6))
-    assert bool(mask.all())
-    ref, ours, _, _ = both(model, ids, mask, num_beams=4, length_penalty=0.9, early_stopping=False, eos=eos, pad=1)
-    assert_same(ref, ours)
-    ref, ours, _, _ = both(model, ids[:1], mask[:1], num_beams=4, length_penalty=1.5, early_stopping=True,
-                           eos=eos, pad=1, shared_cache=True)
-    assert_same(ref, ours)
+    model, prompts, eos = model_and_prompts("llama", lens=(6, 6, 6))
+    cfg = dict(num_beams=4, length_penalty=0.9, early_stopping=False, eos=eos, pad=1)
+    assert_same(hf_generate(model, prompts, **cfg), ours(model, prompts, **cfg)[0], 1, eos)
+    cfg = dict(num_beams=4, length_penalty=1.5, early_stopping=True, eos=eos, pad=1)
+    assert_same(hf_generate(model, prompts[:1], **cfg), ours(model, prompts[:1], **cfg)[0], 1, eos)
 
 
 class StopAfterToken(StoppingCriteria):
@@ -189,65 +212,70 @@ class StopAfterToken(StoppingCriteria):
 @pytest.mark.parametrize("name", list(MODELS))
 def test_custom_stopping_criterion(name):
     """A row-wise StoppingCriteria (beyond EOS) ends candidates exactly as in HF beam search."""
-    model, ids, mask, eos = model_and_prompts(name)
+    model, prompts, eos = model_and_prompts(name)
+    ids, mask = left_pad(prompts, PAD[name])
     with torch.no_grad():  # the third most likely token stops a beam unless it follows the fourth
         probs = model(input_ids=ids, attention_mask=mask).logits.softmax(-1).mean((0, 1))
     third, fourth = probs.topk(4).indices.tolist()[2:]
     criteria = StoppingCriteriaList([StopAfterToken(third, fourth)])
-    ref, ours, info, _ = both(model, ids, mask, num_beams=5, length_penalty=0.0, early_stopping=False,
-                              eos=eos[:1], pad=PAD[name], ngram=3, shared_cache=True, criteria=criteria)
-    assert_same(ref, ours)
-    assert any(third in row[ids.shape[1]:].tolist() for row in ours)  # the criterion did end hypotheses
-    assert min(info["row_steps"]) < info["steps"]
+    cfg = dict(num_beams=5, length_penalty=0.0, early_stopping=False, eos=eos[:1], pad=PAD[name], ngram=3,
+               criteria=criteria)
+    ref = hf_generate(model, prompts, **cfg)
+    for batch_size in (None, 2):
+        mine, info, _ = ours(model, prompts, batch_size=batch_size, **cfg)
+        assert_same(ref, mine, cfg["pad"], cfg["eos"])
+    assert any(m and m[-1] == third for m in mine)  # the criterion did end hypotheses
+    assert min(info["row_steps"]) < max(info["row_steps"])
 
 
 # --- "\n\n" spelt by two tokens: StopStringCriteria with a byte-level tokenizer, as decoding.generate uses it
 
-class Boost:
-    """Logits processor adding ``value`` to the log-probability of ``token`` (makes "\\n" frequent)."""
-
-    def __init__(self, token: int, value: float):
-        self.token, self.value = token, value
-
-    def __call__(self, input_ids, scores):
-        scores[:, self.token] += self.value
-        return scores
-
-
 def test_stop_string_criteria_like_decoding():
-    """decoding.generate's setup: eos = stop_token_ids, StopStringCriteria("\\n\\n"), n-gram ban, shared cache."""
+    """decoding.generate's setup: eos = stop_token_ids, StopStringCriteria("\\n\\n"), n-gram ban."""
     tok = byte_tokenizer(merge_blank_line=False)  # no "\n\n" token: the stop string spans two
     model = tiny_gpt2(vocab=len(tok), seed=2)
     newline = tok("\n", add_special_tokens=False)["input_ids"]
     assert len(newline) == 1
+
+    def boost(_module, _args, output):  # makes "\n" frequent, for both engines alike
+        output[..., newline[0]] += 6.0
+        return output
+
+    handle = model.lm_head.register_forward_hook(boost)
     texts = ["name : A | area : x", "b c", "name : Zed | food : y z", "near : Q", "x"]
     prompts = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in texts]
-    pad = tok.pad_token_id
-    ids, mask = left_pad(prompts, pad)
     eos = stop_token_ids(tok)
     assert eos == [tok.eos_token_id]
-    prompt_len, k = ids.shape[1], 4
-
-    def procs():
-        return LogitsProcessorList([GeneratedNoRepeatNGram(4, prompt_len), Boost(newline[0], 6.0)])
-
     criteria = StoppingCriteriaList([StopStringCriteria(tok, ["\n\n"])])
-    cfg = dict(num_beams=k, length_penalty=0.9, early_stopping=False, eos=eos, pad=pad, max_new_tokens=16)
-    ref = hf_generate(model, ids, mask, processors=procs(), criteria=criteria,
-                      cache=_shared_prompt_cache(model, ids, mask, k), **cfg)
-    ours, info = beam_search(model, ids, mask, num_beams=k, max_new_tokens=16, length_penalty=0.9,
-                             early_stopping=False, eos_token_ids=eos, pad_token_id=pad, logits_processor=procs(),
-                             stopping_criteria=criteria, prompt_cache=_shared_prompt_cache(model, ids, mask, k),
-                             return_info=True)
-    assert_same(ref, ours)
-    decoded = [tok.decode(row[prompt_len:].tolist()) for row in ours]
+    cfg = dict(num_beams=4, length_penalty=0.9, early_stopping=False, eos=eos, pad=tok.pad_token_id, ngram=4,
+               criteria=criteria, max_new_tokens=16)
+    try:
+        ref = hf_generate(model, prompts, **cfg)
+        for batch_size in (None, 2):
+            mine, info, _ = ours(model, prompts, batch_size=batch_size, **cfg)
+            assert_same(ref, mine, cfg["pad"], cfg["eos"])
+    finally:
+        handle.remove()
+    decoded = [tok.decode(m) for m in mine]
     assert sum("\n\n" in d for d in decoded) >= 3, decoded  # the stop string ended hypotheses
-    assert len(set(info["row_steps"])) >= 3, info  # ... of different rows at different steps
+    assert len(set(info["row_steps"])) >= 3, info  # ... of different prompts at different steps
+
+
+def test_repeated_ngram_bans_by_hand():
+    assert repeated_ngram_bans([1, 2, 3, 1, 2], 3) == [3]  # "1 2" was followed by 3
+    assert repeated_ngram_bans([1, 2, 1, 2, 1], 2) == [2, 2]
+    assert repeated_ngram_bans([1, 2], 3) == [] and repeated_ngram_bans([5, 6, 7], 0) == []
+    assert repeated_ngram_bans([4, 4], 1) == [4, 4]  # unigrams: every token seen
 
 
 def test_bad_arguments():
-    model, ids, mask, eos = model_and_prompts("gpt2")
+    model, prompts, eos = model_and_prompts("gpt2")
     with pytest.raises(ValueError, match="num_beams"):
-        beam_search(model, ids, mask, num_beams=1, max_new_tokens=4, eos_token_ids=eos)
+        beam_search(model, prompts, batch_size=2, num_beams=1, max_new_tokens=4, eos_token_ids=eos)
     with pytest.raises(ValueError, match="early_stopping"):
-        beam_search(model, ids, mask, num_beams=2, max_new_tokens=4, eos_token_ids=eos, early_stopping="false")
+        beam_search(model, prompts, batch_size=2, num_beams=2, max_new_tokens=4, eos_token_ids=eos,
+                    early_stopping="false")
+    with pytest.raises(ValueError, match="batch_size"):
+        beam_search(model, prompts, batch_size=0, num_beams=2, max_new_tokens=4, eos_token_ids=eos)
+    with pytest.raises(ValueError, match="at least one token"):
+        beam_search(model, [[5], []], batch_size=2, num_beams=2, max_new_tokens=4, eos_token_ids=eos)

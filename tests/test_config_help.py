@@ -28,7 +28,7 @@ def test_lines_read_the_dataclass_line_and_the_block_above():
     text = describe(LoRAConfig)
     assert "  r: int = 8  # rank of every adapted matrix (paper r; Table 9: 8 for RoBERTa, 4 for GPT-2)" in text
     assert "  alpha: float = 16.0  # α; ΔW is scaled by α/r" in text
-    assert "engine: str = 'fast'  # fast: prompts batched by length" in describe(DecodeConfig)
+    assert "engine: str = 'fast'  # fast: prompts in order of length" in describe(DecodeConfig)
 
 
 def test_cli_groups_names_and_bad_names(capsys):
