@@ -148,6 +148,8 @@ def beam_search(
     prompts = [list(p) for p in prompts]
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
+    if not prompts:
+        return ([], {"row_steps": [], "steps": 0, "beam_rows": 0, "prefills": 0}) if return_info else []
     device = next(model.parameters()).device
     k, max_new = num_beams, max_new_tokens
 

@@ -279,3 +279,4 @@ def test_bad_arguments():
         beam_search(model, prompts, batch_size=0, num_beams=2, max_new_tokens=4, eos_token_ids=eos)
     with pytest.raises(ValueError, match="at least one token"):
         beam_search(model, [[5], []], batch_size=2, num_beams=2, max_new_tokens=4, eos_token_ids=eos)
+    assert beam_search(model, [], batch_size=2, num_beams=2, max_new_tokens=4, eos_token_ids=eos) == []
