@@ -174,20 +174,20 @@ def beam_search(
     keep_kw = {"logits_to_keep": 1} if forward_takes(model, "logits_to_keep") else {}
     cache = beam_cache(model)
 
-    # state of the prompts in the model batch ("slots"), in HF's [slots, beams, ...] layout
-    a = 0
-    who = torch.zeros(0, dtype=torch.long, device=device)  # prompt index of each slot
-    plen = torch.zeros(0, dtype=torch.long, device=device)  # its prompt length
-    gen = torch.zeros(0, dtype=torch.long, device=device)  # tokens it has generated
-    first_pos = torch.zeros(0, dtype=torch.long, device=device)  # its first cache position (earlier: masked)
-    run_gen = torch.zeros((0, k, max_new), dtype=torch.long, device=device)  # running beams' generated tokens
-    tail = torch.zeros((0, k, window), dtype=torch.long, device=device)  # running beams' last tokens
-    run_scores = torch.zeros((0, k), device=device)
-    fin_gen = torch.zeros((0, k, max_new), dtype=torch.long, device=device)  # finished hypotheses
-    fin_scores = torch.zeros((0, k), device=device)
-    fin_len = torch.zeros((0, k), dtype=torch.long, device=device)
-    is_fin = torch.zeros((0, k), dtype=torch.bool, device=device)
-    heuristic_unsatisfied = torch.zeros((0, 1), dtype=torch.bool, device=device)
+    # state of the prompts in the model batch ("slots"), in HF's [slots, beams, ...] layout; filled by admit()
+    a = min(batch_size, len(prompts))
+    who = torch.zeros(a, dtype=torch.long, device=device)  # prompt index of each slot
+    plen = torch.zeros(a, dtype=torch.long, device=device)  # its prompt length
+    gen = torch.zeros(a, dtype=torch.long, device=device)  # tokens it has generated
+    first_pos = torch.zeros(a, dtype=torch.long, device=device)  # its first cache position (earlier: masked)
+    run_gen = torch.zeros((a, k, max_new), dtype=torch.long, device=device)  # running beams' generated tokens
+    tail = torch.zeros((a, k, window), dtype=torch.long, device=device)  # running beams' last tokens
+    run_scores = torch.zeros((a, k), device=device)
+    fin_gen = torch.zeros((a, k, max_new), dtype=torch.long, device=device)  # finished hypotheses
+    fin_scores = torch.zeros((a, k), device=device)
+    fin_len = torch.zeros((a, k), dtype=torch.long, device=device)
+    is_fin = torch.zeros((a, k), dtype=torch.bool, device=device)
+    heuristic_unsatisfied = torch.zeros((a, 1), dtype=torch.bool, device=device)
 
     outputs: list[Optional[list[int]]] = [None] * len(prompts)
     row_steps = [0] * len(prompts)
@@ -222,22 +222,6 @@ def beam_search(
             t = p[-window:]
             tail[s] = torch.tensor([pad_id] * (window - len(t)) + t, dtype=torch.long, device=device)
 
-    def resize(n: int) -> None:
-        """Grow the state arrays to ``n`` slots (new slots: filled by ``admit``)."""
-        nonlocal who, plen, gen, first_pos, run_gen, tail, run_scores, fin_gen, fin_scores, fin_len, is_fin
-        nonlocal heuristic_unsatisfied, a
-        extra = n - a
-
-        def grow(t):
-            return torch.cat([t, t.new_zeros((extra,) + tuple(t.shape[1:]))])
-
-        who, plen, gen, first_pos = grow(who), grow(plen), grow(gen), grow(first_pos)
-        run_gen, tail, run_scores, fin_gen = grow(run_gen), grow(tail), grow(run_scores), grow(fin_gen)
-        fin_scores, fin_len, is_fin = grow(fin_scores), grow(fin_len), grow(is_fin)
-        heuristic_unsatisfied = grow(heuristic_unsatisfied)
-        a = n
-
-    resize(min(batch_size, len(prompts)))
     admit(list(range(a)))
     while a:
         length = cache.get_seq_length()
