@@ -58,7 +58,8 @@ class BeamCacheLayer(DynamicLayer):
 
     def _realloc(self, like: torch.Tensor, rows: int, left: int = 0, extra: int = 0) -> None:
         """New buffers of ``rows`` rows holding the current positions after ``left`` zero positions, with
-        ``extra`` + :attr:`grow` spare positions; new rows are zeros."""
+        ``extra`` + :attr:`grow` spare positions; new rows are zeros (and, before the first buffers, the positions
+        that :meth:`extend_left` made)."""
         n = self.length - self.start
         shape = (rows, like.shape[1], left + n + extra + self.grow, like.shape[-1])
         bufs = []
@@ -77,11 +78,7 @@ class BeamCacheLayer(DynamicLayer):
         rows, n = key_states.shape[0], key_states.shape[-2]
         if self._k is not None and self.length - self.start and rows != self.rows:
             raise ValueError(f"update with {rows} rows on a cache of {self.rows}")
-        if self._k is None:  # positions made by extend_left only: zeros
-            left, self.length = self.length - self.start, 0
-            self.start = 0
-            self._realloc(key_states, rows, left=left, extra=n)
-        elif self._k.shape[0] < rows or self._k.shape[2] < self.length + n:
+        if self._k is None or self._k.shape[0] < rows or self._k.shape[2] < self.length + n:
             self._realloc(key_states, max(rows, self.rows), extra=n)
         self._k[:rows, :, self.length: self.length + n] = key_states
         self._v[:rows, :, self.length: self.length + n] = value_states
@@ -98,10 +95,7 @@ class BeamCacheLayer(DynamicLayer):
             n = keys.shape[-2]
             if n > self.length - self.start:
                 raise ValueError(f"{n} positions do not fit in a cache of {self.length - self.start} (extend_left)")
-            if self._k is None:
-                left, self.start, self.length = self.length - self.start, 0, 0
-                self._realloc(keys, row1, left=left)
-            elif self._k.shape[0] < row1:
+            if self._k is None or self._k.shape[0] < row1:
                 self._realloc(keys, row1)
             self._k[row0:row1, :, self.length - n: self.length] = keys
             self._v[row0:row1, :, self.length - n: self.length] = values
