@@ -163,6 +163,29 @@ def test_shared_prompt_loss_equals_the_full_forward(family, eps):
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_shared_prompt_loss_in_length_pieces_equals_the_full_forward(family):
+    """Pieces free of padding (piece_tokens=0): tails of 5, 3, 7, 4, 6, 3 tokens run as [3, 3], [4], [5], [6], [7],
+    each piece reading only its prompts' cache columns; with and without Trainer's num_items_in_batch."""
+    from lora_research.lm_loss import shared_prompt_loss
+
+    model = _model(family, "lora")
+    batch = _shared_batch(family)
+    n_items = int(batch["labels"][:, 1:].ne(-100).sum())
+    with torch.no_grad():
+        ref = _full_logits_loss(model, batch, 0.1, None)
+        seen, handle = _tokens_run(model)
+        try:
+            ours = shared_prompt_loss(model, batch, label_smoothing=0.1, piece_tokens=0)
+            scaled = shared_prompt_loss(model, batch, label_smoothing=0.1, piece_tokens=0,
+                                        num_items_in_batch=torch.tensor(2 * n_items))
+        finally:
+            handle.remove()
+    assert torch.allclose(ours, ref, rtol=1e-5, atol=1e-6), (float(ours), float(ref))
+    assert torch.allclose(2 * scaled, ref, rtol=1e-5, atol=1e-6), (float(scaled), float(ref))
+    assert seen[:6] == [3 * 4, 2 * 3, 4, 5, 6, 7]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_shared_prompt_loss_declines_what_it_cannot_share(family):
     from lora_research.lm_loss import shared_prompt_loss
 
