@@ -68,6 +68,7 @@ def test_index_is_built_once_and_a_broken_table_falls_back_to_the_full_one(tmp_p
         fh.write("0.5\ncheap\n")  # a pair without its second phrase
     assert mp.cut_table(["cheap"], tmp_path, table=broken) is None
     assert "full paraphrase table" in caplog.text and "truncated" in caplog.text
+    assert [p.name for p in mp.index_dir(broken).parent.iterdir()] == [entry.name]  # nothing half-built left
 
 
 def _stress_corpus():

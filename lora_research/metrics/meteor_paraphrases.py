@@ -80,8 +80,22 @@ def build_index(table: Path, entry: Path) -> None:
     ``keys.txt`` (distinct word keys), ``key_ids.npy`` (the key id of every word of every pair, pair
     after pair), ``pair_starts.npy`` (where each pair's ids start, and the end), ``pairs.txt`` (the
     pairs' lines as read) and ``pair_offsets.npy`` (where each pair's bytes start, and the end)."""
+    import shutil
+
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=entry.parent))
+    try:
+        _write_index(table, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        os.replace(tmp, entry)
+    except OSError:  # a concurrent job published it first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_index(table: Path, tmp: Path) -> None:
     key_of: dict[str, int] = {}
     word_ids: dict[str, int] = {}
     ids, starts, offsets = [], [0], [0]
@@ -107,12 +121,6 @@ def build_index(table: Path, entry: Path) -> None:
     small = np.int32 if max(len(ids), offsets[-1]) < 1 << 31 else np.int64
     np.save(tmp / "pair_starts.npy", np.asarray(starts, dtype=small))
     np.save(tmp / "pair_offsets.npy", np.asarray(offsets, dtype=small))
-    try:
-        os.replace(tmp, entry)
-    except OSError:  # a concurrent job published it first: keep theirs
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def ensure_index(table: Path) -> Path:
