@@ -13,7 +13,8 @@ reports
   coco-caption): the MS-COCO caption evaluation code. Hypotheses and references are first
   tokenised with the Stanford PTBTokenizer (``-preserveLines -lowerCase``) and punctuation tokens
   are removed. We reuse pycocoevalcap's PTBTokenizer, Meteor, Rouge and Cider classes, whose jars
-  are byte-identical to the official scorer's.
+  are byte-identical to the official scorer's. METEOR reads its paraphrase table cut to the pairs
+  the scored texts could match (:mod:`lora_research.metrics.meteor_paraphrases`; the same scores).
 
 METEOR, ROUGE_L and CIDEr therefore all need Java (1.8+): the PTB tokeniser and METEOR are Java
 programs. Without ``java`` on PATH, :func:`score_e2e` still returns BLEU and NIST and records why
