@@ -27,6 +27,7 @@ from typing import Any, Optional
 
 import torch
 
+from lora_research.cache_dir import cache_dir, write_entry
 from lora_research.structured import as_dataclass
 from lora_research.targets import FAMILIES, FamilySpec, family_for_model_type, get_family
 
@@ -197,8 +198,7 @@ _MODEL_CACHE_FORMAT = 1
 
 
 def model_cache_dir() -> Path:
-    root = os.environ.get("LORA_RESEARCH_CACHE") or os.path.join("~", ".cache", "lora_research")
-    return Path(root).expanduser() / "models"
+    return cache_dir("models")
 
 
 def _gguf_entry(gguf: Path, kind: str, **extra) -> Path:
@@ -220,15 +220,6 @@ def _gguf_entry(gguf: Path, kind: str, **extra) -> Path:
     return model_cache_dir() / f"{gguf.stem}-{kind}-{digest}"
 
 
-def _publish(tmp: Path, entry: Path) -> None:
-    import shutil
-
-    try:
-        os.replace(tmp, entry)
-    except OSError:  # a concurrent job published the same entry first: keep theirs
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def config_source(model_cfg: Any) -> tuple[str, dict]:
     """``(path, kwargs)`` that ``AutoConfig.from_pretrained`` reads the backbone's config from, no weights.
 
@@ -243,16 +234,6 @@ def config_source(model_cfg: Any) -> tuple[str, dict]:
     return path, kwargs
 
 
-def _write_entry(entry: Path, save) -> None:
-    """Write a cache entry: ``save(folder)`` fills a temporary folder, which is then moved into place."""
-    import tempfile
-
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=entry.parent))
-    save(tmp)
-    _publish(tmp, entry)
-
-
 def _cached_gguf_config(gguf: Path) -> Path:
     """A folder holding ``config.json`` of ``AutoConfig.from_pretrained(folder, gguf_file=...)``, written once."""
     from transformers import AutoConfig
@@ -260,7 +241,7 @@ def _cached_gguf_config(gguf: Path) -> Path:
     entry = _gguf_entry(gguf, "config")
     if not (entry / "config.json").is_file():
         config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        _write_entry(entry, lambda tmp: config.save_pretrained(str(tmp)))
+        write_entry(entry, lambda tmp: config.save_pretrained(str(tmp)))
     return entry
 
 
@@ -270,7 +251,7 @@ def _cached_gguf_tokenizer(gguf: Path):
     entry = _gguf_entry(gguf, "tokenizer")
     if not (entry / "tokenizer_config.json").is_file():
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        _write_entry(entry, lambda tmp: tok.save_pretrained(str(tmp)))
+        write_entry(entry, lambda tmp: tok.save_pretrained(str(tmp)))
     tok = AutoTokenizer.from_pretrained(str(entry))
     try:  # same identity as the tokenizer read from the GGUF (feature-cache keys, summaries)
         tok.name_or_path = str(gguf.parent)
@@ -322,7 +303,7 @@ def _convert_gguf(gguf: Path, dtype: torch.dtype, entry: Path) -> None:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         config.save_pretrained(str(tmp))
 
-    _write_entry(entry, save)
+    write_entry(entry, save)
 
 
 def _cached_gguf_causal_lm(gguf: Path, dtype: torch.dtype):

@@ -27,16 +27,16 @@ import gzip
 import hashlib
 import json
 import logging
-import os
 import subprocess
 import sys
-import tempfile
 import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+from lora_research.cache_dir import cache_dir, write_entry
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,7 @@ def index_dir(table: Path) -> Path:
     st = table.stat()
     key = {"format": _INDEX_FORMAT, "table": str(table.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    root = os.environ.get("LORA_RESEARCH_CACHE") or os.path.join("~", ".cache", "lora_research")
-    return Path(root).expanduser() / "meteor" / f"{table.stem}-{digest}"
+    return cache_dir("meteor") / f"{table.stem}-{digest}"
 
 
 def build_index(table: Path, entry: Path) -> None:
@@ -80,19 +79,7 @@ def build_index(table: Path, entry: Path) -> None:
     ``keys.txt`` (distinct word keys), ``key_ids.npy`` (the key id of every word of every pair, pair
     after pair), ``pair_starts.npy`` (where each pair's ids start, and the end), ``pairs.txt`` (the
     pairs' lines as read) and ``pair_offsets.npy`` (where each pair's bytes start, and the end)."""
-    import shutil
-
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=entry.parent))
-    try:
-        _write_index(table, tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    try:
-        os.replace(tmp, entry)
-    except OSError:  # a concurrent job published it first: keep theirs
-        shutil.rmtree(tmp, ignore_errors=True)
+    write_entry(entry, lambda tmp: _write_index(table, tmp))
 
 
 def _write_index(table: Path, tmp: Path) -> None:

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+from lora_research.cache_dir import cache_dir, write_entry
 
 
 def default_cache_dir() -> Path:
     """``$LORA_RESEARCH_CACHE/features``; ``LORA_RESEARCH_CACHE`` defaults to ``~/.cache/lora_research``."""
-    root = os.environ.get("LORA_RESEARCH_CACHE") or os.path.join("~", ".cache", "lora_research")
-    return Path(root).expanduser() / "features"
+    return cache_dir("features")
 
 
 def tokenizer_identity(tokenizer) -> dict[str, Any]:
@@ -69,16 +68,10 @@ def cached_features(name: str, key: dict[str, Any], build: Callable[[], Any], ca
         except Exception:  # noqa: BLE001 - unreadable entry (e.g. deleted files): rebuild
             shutil.rmtree(entry, ignore_errors=True)
     features = build()
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=root))
-    try:
+
+    def save(tmp: Path) -> None:
         features.save_to_disk(str(tmp))
         (tmp / "key.json").write_text(json.dumps(key, indent=2, sort_keys=True))
-        try:
-            os.replace(tmp, entry)
-        except OSError:  # a concurrent writer created the entry first: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_entry(entry, save)
     return datasets.load_from_disk(str(entry)), False
