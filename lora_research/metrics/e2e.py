@@ -184,38 +184,29 @@ def _ptb_tokenize(predictions: list[str], references: list[list[str]]) -> tuple[
     return gts, res
 
 
-def _meteor(gts: dict, res: dict, *, cut_paraphrases: bool = True) -> float:
-    """Corpus METEOR 1.5 (``-l en -norm``) through pycocoevalcap's wrapper of meteor-1.5.jar.
-
-    ``cut_paraphrases``: the jar reads a paraphrase table cut to the pairs these texts could match
-    (:mod:`lora_research.metrics.meteor_paraphrases`: the same scores, ~5 s less per call) instead of
-    its full table."""
+def _meteor(gts: dict, res: dict) -> float:
+    """Corpus METEOR 1.5 (``-l en -norm``) through pycocoevalcap's wrapper of meteor-1.5.jar, the jar reading
+    its paraphrase table cut to the pairs these texts could match (:mod:`lora_research.metrics.meteor_paraphrases`:
+    the same scores, ~5 s less per call; its full table where the cut is not available)."""
     import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="meteor-") as tmp:
-        table = None
-        if cut_paraphrases:
-            from lora_research.metrics.meteor_paraphrases import cut_table
+    from lora_research.metrics.meteor_paraphrases import cut_table
 
-            table = cut_table([t for group in (*gts.values(), *res.values()) for t in group], Path(tmp))
+    with tempfile.TemporaryDirectory(prefix="meteor-") as tmp:
+        table = cut_table([t for group in (*gts.values(), *res.values()) for t in group], Path(tmp))
         return _run_meteor(gts, res, table)[0]
 
 
 def _run_meteor(gts: dict, res: dict, paraphrase_table: Optional[Path]) -> tuple[float, list[float]]:
     """(corpus METEOR, segment scores) from meteor-1.5.jar reading ``paraphrase_table`` (None: its own)."""
-    from pycocoevalcap.meteor.meteor import Meteor
+    import threading
 
-    class _Meteor(Meteor):  # pycocoevalcap's wrapper; with a table, the jar's -a option added to its command
+    import pycocoevalcap.meteor.meteor as module
+
+    class _Meteor(module.Meteor):  # pycocoevalcap's wrapper; its command, plus the jar's -a option for a table
         def __init__(self):
-            if paraphrase_table is None:
-                super().__init__()
-                return
-            import threading
-
-            import pycocoevalcap.meteor.meteor as module
-
             self.meteor_cmd = ["java", "-jar", "-Xmx2G", module.METEOR_JAR, "-", "-", "-stdio", "-l", "en", "-norm",
-                               "-a", str(paraphrase_table)]
+                               *(["-a", str(paraphrase_table)] if paraphrase_table is not None else [])]
             self.meteor_p = subprocess.Popen(self.meteor_cmd, cwd=os.path.dirname(os.path.abspath(module.__file__)),
                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             self.lock = threading.Lock()
