@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from .batch_split import length_pieces
 from .forward_signature import cache_keyword, forward_takes
+from .vocab_head import project
 
 
 EVAL_CHUNK = 64  # positions whose logits exist at once in a loss without gradients
@@ -85,7 +86,7 @@ def completion_loss(
         handle.remove()
     if chunked:
         hidden = kept["hidden"]
-        loss = sum(F.cross_entropy(head(hidden[i: i + EVAL_CHUNK]).float(), targets[i: i + EVAL_CHUNK],
+        loss = sum(F.cross_entropy(project(head, hidden[i: i + EVAL_CHUNK]).float(), targets[i: i + EVAL_CHUNK],
                                    reduction="sum", label_smoothing=label_smoothing)
                    for i in range(0, max(hidden.shape[0], 1), EVAL_CHUNK))
     else:

@@ -1,5 +1,6 @@
 """Offline byte-level BPE tokenizer for decoding tests: 256 byte tokens (ids = byte values), optionally
-the merge "\\n"+"\\n" -> one token as GPT-2's 628, then EOS (also the pad token)."""
+the merge "\\n"+"\\n" -> one token as GPT-2's 628, optionally ``extra_tokens`` two-letter tokens (no merges
+make them: they only widen the vocabulary, e.g. beyond the vocabulary-head's pieces), then EOS (also the pad token)."""
 from __future__ import annotations
 
 EOS = "<|endoftext|>"
@@ -18,7 +19,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return out
 
 
-def byte_tokenizer(merge_blank_line: bool = True):
+def byte_tokenizer(merge_blank_line: bool = True, extra_tokens: int = 0):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -29,6 +30,9 @@ def byte_tokenizer(merge_blank_line: bool = True):
     if merge_blank_line:
         vocab[nl + nl] = len(vocab)
         merges.append((nl, nl))
+    letters = [chr(c) for c in range(ord("!"), ord("~") + 1)]
+    for pair in [a + b for a in letters for b in letters][:extra_tokens]:
+        vocab[pair] = len(vocab)
     vocab[EOS] = len(vocab)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
