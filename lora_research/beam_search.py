@@ -73,6 +73,18 @@ def _gather_beams(tensor: torch.Tensor, beam_indices: torch.Tensor) -> torch.Ten
     return torch.take_along_dim(tensor, beam_indices, dim=1)
 
 
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token-id lists into ``(input_ids, attention_mask)``."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if len(p):
+            ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+            mask[i, width - len(p):] = 1
+    return ids, mask
+
+
 def _prefill(model, prompts: list[list[int]], pad_id: int, device) -> list[Optional[list]]:
     """Per prompt, its key/value cache of every token but the last (``[(keys, values)] * layers`` of shape
     ``[1, heads, len - 1, dim]``), computed in one left-padded forward pass, positions from the mask as
@@ -84,12 +96,7 @@ def _prefill(model, prompts: list[list[int]], pad_id: int, device) -> list[Optio
     if not any(heads):
         return out
     width = max(len(h) for h in heads)
-    ids = torch.full((len(heads), width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((len(heads), width), dtype=torch.long, device=device)
-    for i, h in enumerate(heads):
-        if h:
-            ids[i, width - len(h):] = torch.tensor(h, dtype=torch.long, device=device)
-            mask[i, width - len(h):] = 1
+    ids, mask = (t.to(device) for t in left_pad(heads, pad_id))
     mask[:, -1] = 1  # a one-token prompt's row: one masked-in pad token, its output unused (no all-masked row)
     pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
     cache = DynamicCache(config=model.config)

@@ -49,7 +49,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .beam_search import beam_search, repeated_ngram_bans
+from .beam_search import beam_search, left_pad, repeated_ngram_bans  # noqa: F401 (left_pad: part of this module's API)
 from .vocab_head import in_pieces
 
 STOP_TEXT = "\n\n"
@@ -148,18 +148,6 @@ class GeneratedNoRepeatNGram:
             if banned:
                 scores[b, banned] = -float("inf")
         return scores
-
-
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token-id lists into ``(input_ids, attention_mask)``."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        if len(p):
-            ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
-            mask[i, width - len(p):] = 1
-    return ids, mask
 
 
 def postprocess(tokenizer, generated: Sequence[int], stop_ids: Sequence[int]) -> tuple[str, int]:
