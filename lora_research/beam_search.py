@@ -95,8 +95,8 @@ def _prefill(model, prompts: list[list[int]], pad_id: int, device) -> list[Optio
     out: list[Optional[list]] = [None] * len(prompts)
     if not any(heads):
         return out
-    width = max(len(h) for h in heads)
     ids, mask = (t.to(device) for t in left_pad(heads, pad_id))
+    width = ids.shape[1]
     mask[:, -1] = 1  # a one-token prompt's row: one masked-in pad token, its output unused (no all-masked row)
     pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
     cache = DynamicCache(config=model.config)

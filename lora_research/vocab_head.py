@@ -34,13 +34,15 @@ def applies(head, hidden: torch.Tensor) -> bool:
             and head.weight.shape[0] > PIECE and hidden.numel() <= MAX_ROWS * hidden.shape[-1])
 
 
-def project(head, hidden: torch.Tensor) -> torch.Tensor:
-    """``head(hidden)``, in pieces of :data:`PIECE` output rows where :func:`applies` (same values)."""
-    if not applies(head, hidden):
-        return head(hidden)
+def _pieces(head: torch.nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
     w, b = head.weight, head.bias
     return torch.cat([F.linear(hidden, w[i: i + PIECE], None if b is None else b[i: i + PIECE])
                       for i in range(0, w.shape[0], PIECE)], dim=-1)
+
+
+def project(head, hidden: torch.Tensor) -> torch.Tensor:
+    """``head(hidden)``, in pieces of :data:`PIECE` output rows where :func:`applies` (same values)."""
+    return _pieces(head, hidden) if applies(head, hidden) else head(hidden)
 
 
 @contextmanager
@@ -51,10 +53,8 @@ def in_pieces(model):
         yield
         return
 
-    def forward(hidden):
-        if applies(head, hidden):
-            return project(head, hidden)
-        return torch.nn.Linear.forward(head, hidden)
+    def forward(hidden):  # not project(): its fallback, head(hidden), would call this forward again
+        return _pieces(head, hidden) if applies(head, hidden) else torch.nn.Linear.forward(head, hidden)
 
     head.forward = forward
     try:

@@ -7,6 +7,8 @@ logits within 1e-6, and decodes the same tokens with the fast beam search (piece
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -107,5 +109,5 @@ def test_fast_beam_search_with_pieces_decodes_generates_tokens():
     cfg = DecodeConfig(strategy="beam", num_beams=4, length_penalty=0.9, no_repeat_ngram_size=3,
                        max_new_tokens=10, batch_size=2, engine="fast")
     fast, _ = generate(model, tok, prompts, cfg)
-    hf, _ = generate(model, tok, prompts, DecodeConfig(**{**cfg.__dict__, "engine": "hf"}))
+    hf, _ = generate(model, tok, prompts, replace(cfg, engine="hf"))
     assert fast == hf and any(fast)
