@@ -32,7 +32,7 @@ from accelerate.utils import DistributedType
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from lora_research import adapter_file, batch_split, distributed, lm_loss, outputs, unpadded
+from lora_research import adapter_file, batch_split, distributed, fast_dropout, lm_loss, outputs, unpadded
 from lora_research.config import RunConfig
 from lora_research.methods import Method, count_parameters, get_method_class
 from lora_research.models import load_model, load_tokenizer, pick_device, resolve_family
@@ -448,6 +448,7 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
     if run.init_from:
         loaded = load_init(model, run.init_from, family, base=base_identity)
         log.info("init_from %s: %d tensors loaded", run.init_from, len(loaded))
+    fast_masks = fast_dropout.enable(model) if t.fast_dropout else None  # after apply: the method's dropouts too
     unpadded_hooks = unpadded.enable(model, family, method) if t.unpadded else None
     distributed.mean_loss_per_batch(model)  # DDP / gradient accumulation scale the loss right
     counts = count_parameters(model, family)
@@ -527,6 +528,8 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
 
     if unpadded_hooks is not None:
         unpadded_hooks.remove()  # the final evaluation and everything after see the model as loaded and adapted
+    if fast_masks is not None:
+        fast_masks.remove()
     best = callback.best
     final_metrics: dict[str, Any] = {}
     if task.final_evaluation:

@@ -13,9 +13,10 @@ How it plugs in, without a copy of the model's code:
 * a pre-hook on ``encoder`` packs the embeddings' output (positions were already added on the padded
   batch, so each token keeps its own) and passes the packing down the layers as a keyword argument,
   which transformers hands to the attention function;
-* :func:`unpadded_attention`, registered in transformers' ``AttentionInterface`` and set as the model's
-  attention implementation, attends per row; without the keyword (a batch without padding, hidden
-  states requested) it is the implementation the model had;
+* :func:`unpadded_attention`, registered around the implementation the model had (with its mask
+  function: ``lora_research.attention_wrap``) and set as the model's attention implementation, attends per
+  row; without the keyword (a batch without padding, hidden states requested) it is the implementation the
+  model had, padding masked as there;
 * a forward hook on ``encoder`` scatters the packed output back to ``[n, L, hidden]`` (zeros at padding)
   for the pooler and the head.
 
@@ -31,8 +32,8 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from lora_research import attention_wrap, fast_dropout
 
 ATTENTION = "lora_research_unpadded"
 
@@ -63,23 +64,28 @@ class Packing:
 
 
 def unpadded_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
-                       scaling: Optional[float] = None, unpadded: Optional[Packing] = None, **kwargs):
+                       scaling: Optional[float] = None, unpadded: Optional[Packing] = None, *,
+                       fallback: str = "sdpa", **kwargs):
     """The attention function: packed ``[1, heads, N, d]`` inputs attend within their rows (SDPA, padding masked).
 
-    Without ``unpadded`` it is the attention implementation the model had before :func:`enable`.
+    Without ``unpadded`` it is ``fallback``, the attention implementation the model had before :func:`enable`
+    (registered per fallback with its mask function: ``lora_research.attention_wrap``). Packed, attention is SDPA,
+    or :func:`lora_research.fast_dropout.sdpa` where the fallback draws its dropout masks that way.
     Returns ``([1, N, heads, d], None)``, the layout transformers' attention functions return.
     """
     if unpadded is None:
-        fallback = getattr(module, "_unpadded_fallback", "sdpa")
-        return ALL_ATTENTION_FUNCTIONS[fallback](module, query, key, value, attention_mask, dropout=dropout,
-                                                 scaling=scaling, **kwargs)
+        return attention_wrap.call(fallback, module, query, key, value, attention_mask, dropout=dropout,
+                                   scaling=scaling, **kwargs)
     # [1, h, N, d] -> [N, h, d] -> [n, L, h, d] -> [n, h, L, d]
     q, k, v = (unpadded.unpack(x[0].transpose(0, 1)).transpose(1, 2) for x in (query, key, value))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=unpadded.key_mask, dropout_p=dropout, scale=scaling)
+    sdpa = fast_dropout.sdpa if fast_dropout.is_fast(fallback) else F.scaled_dot_product_attention
+    out = sdpa(q, k, v, attn_mask=unpadded.key_mask, dropout_p=dropout, scale=scaling)
     return unpadded.pack(out.transpose(1, 2)).unsqueeze(0), None
 
 
-AttentionInterface.register(ATTENTION, unpadded_attention)
+def attention_name(fallback: str) -> str:
+    """The registered name of :func:`unpadded_attention` around ``fallback``."""
+    return attention_wrap.wrapper_name(ATTENTION, fallback, unpadded_attention)
 
 
 class Unpadded:
@@ -97,10 +103,7 @@ class Unpadded:
             self.encoder.register_forward_pre_hook(self._pack, with_kwargs=True),
             self.encoder.register_forward_hook(self._unpack, with_kwargs=True),
         ]
-        for m in self.encoder.modules():
-            if hasattr(m, "attention_head_size"):  # the self-attention modules
-                m._unpadded_fallback = self.previous
-        model.set_attn_implementation(ATTENTION)
+        model.set_attn_implementation(attention_name(self.previous))
 
     def _read_mask(self, body, args, kwargs):
         self._pending = None

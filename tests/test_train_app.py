@@ -105,8 +105,11 @@ class _KillAfterFirstSave(TrainerCallback):
         raise KeyboardInterrupt("simulated kill after the first checkpoint")
 
 
-def test_killed_run_resumes_to_same_final_metrics(glue_env, tmp_path, monkeypatch):
-    straight = run(compose(BASE + ["trainer.epochs=3"]), tmp_path / "straight")
+@pytest.mark.parametrize("fast_dropout", [False, True])
+def test_killed_run_resumes_to_same_final_metrics(glue_env, tmp_path, monkeypatch, fast_dropout):
+    # trainer.fast_dropout=true: its masks are seeded from torch's generator, whose state the checkpoint holds
+    over = ["trainer.epochs=3", f"trainer.fast_dropout={str(fast_dropout).lower()}"]
+    straight = run(compose(BASE + over), tmp_path / "straight")
 
     from lora_research import training
 
@@ -116,14 +119,14 @@ def test_killed_run_resumes_to_same_final_metrics(glue_env, tmp_path, monkeypatc
     )
     killed_dir = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
-        run(compose(BASE + ["trainer.epochs=3"]), killed_dir)
+        run(compose(BASE + over), killed_dir)
     assert (killed_dir / "error.json").is_file()
     assert not (killed_dir / "summary.json").exists()
     assert len(outputs.read_metrics(killed_dir)) == 1, "the epoch-1 evaluation survived the kill"
     assert list((killed_dir / "checkpoints").glob("checkpoint-*"))
     monkeypatch.setattr(training, "fit", real_fit)
 
-    resumed = run(compose(BASE + ["trainer.epochs=3"]), killed_dir)
+    resumed = run(compose(BASE + over), killed_dir)
     assert resumed["resumed_from"] and resumed["resumed_from"].endswith("checkpoint-6")
     strip = lambda rs: [(r["epoch"], r["step"], r["accuracy"], round(r["loss"], 6)) for r in rs]  # noqa: E731
     assert strip(outputs.read_metrics(killed_dir)) == strip(outputs.read_metrics(tmp_path / "straight"))

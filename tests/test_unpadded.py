@@ -91,6 +91,8 @@ def test_gradient_checkpointing_passes_the_packing_down():
 
 def test_unpadded_batches_and_requested_hidden_states_run_padded():
     model, spec, m = _adapted("bert", "lora")
+    with torch.no_grad():
+        ref = model(**_batch("bert")).logits
     hooks = unpadded.enable(model, spec, m)
     full = _batch("bert")
     full["attention_mask"][:] = 1
@@ -99,6 +101,9 @@ def test_unpadded_batches_and_requested_hidden_states_run_padded():
         out = model(**_batch("bert"), output_hidden_states=True)
     assert hooks.packed_calls == 0
     assert out.hidden_states[-1].shape[:2] == (6, 13)
+    # run padded, the padding is still masked: transformers builds masks for the wrapper's name as for sdpa's
+    # (unregistered names get none)
+    torch.testing.assert_close(out.logits, ref, rtol=1e-5, atol=1e-6)
 
 
 def test_remove_gives_the_model_back():
@@ -108,7 +113,7 @@ def test_remove_gives_the_model_back():
     with torch.no_grad():
         ref = model(**batch).logits
     hooks = unpadded.enable(model, spec, m)
-    assert model.config._attn_implementation == unpadded.ATTENTION
+    assert model.config._attn_implementation == unpadded.attention_name(before)
     hooks.remove()
     assert model.config._attn_implementation == before
     with torch.no_grad():
