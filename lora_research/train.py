@@ -29,13 +29,16 @@ import traceback
 from pathlib import Path
 from typing import Optional
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from lora_research.startup import imports_unscanned
 
-from lora_research import distributed, outputs, tracking
-from lora_research.config import canonical, check_against_model, validate
+with imports_unscanned():  # ~1 s of start-up is the garbage collector scanning what imports create
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.experimental.callback import Callback
+    from omegaconf import DictConfig, OmegaConf
+
+    from lora_research import distributed, outputs, tracking
+    from lora_research.config import canonical, check_against_model, validate
 
 log = logging.getLogger("lora_research")
 
@@ -135,8 +138,9 @@ def run(cfg: DictConfig, run_dir: Path, group: str | None = None, overrides: Opt
     A folder that already holds this run, completed, is left as it is: the returned summary is the
     one on disk, with ``"already_completed": True`` added (not written).
     """
-    from lora_research.preemption import EXIT_PREEMPTED, Preempted
-    from lora_research.training import Diverged
+    with imports_unscanned():  # transformers' Trainer, datasets, accelerate: most of start-up
+        from lora_research.preemption import EXIT_PREEMPTED, Preempted
+        from lora_research.training import Diverged
 
     main = distributed.is_main()  # DDP: rank 0 alone writes the run folder and logs to W&B
     run_dir = Path(run_dir)
