@@ -12,8 +12,9 @@ Sections (``--only``), each a ratio against its goal:
                 evaluation), one job per seed for each arm, arms interleaved (A B, B A, ...). Wall time
                 ratio (goal <= 0.6) at equal dev accuracy (mean over seeds, goal within 1 point). When
                 the checkout has ``trainer.train_batch_split``, an ``ours_padded`` arm runs the preset with
-                ``trainer.train_batch_split=none trainer.unpadded=false`` (each batch in one padded forward,
-                the paper's computation); when it has ``trainer.train_sampling``, an ``ours_grouped`` arm
+                ``trainer.train_batch_split=none trainer.unpadded=false`` (and ``trainer.fast_dropout=false``
+                where it exists: each batch in one padded forward with torch's dropout draws, the paper's
+                computation); when it has ``trainer.train_sampling``, an ``ours_grouped`` arm
                 runs ``train_sampling=group_by_length`` (changes batch composition: its accuracy is
                 reported; ``--no-grouped`` skips it).
 ``e2e``         SmolLM2 + LoRA E2E job (``experiment=smollm2_lora_e2e_cpu`` with a fixed number of steps,
@@ -26,7 +27,8 @@ Sections (``--only``), each a ratio against its goal:
 ``memory``      peak RSS of a short SmolLM2 E2E job with LoRA and with full fine-tuning (goal: LoRA <=
                 1300 MB and <= 0.5x full FT), plus the RSS of loading the model alone.
 ``step``        one training step (forward, backward, AdamW) of LoRA vs full fine-tuning on the same model
-                and batch (MiniLM 32x128 r=8 q,v; SmolLM2 4x64 r=4 q,v), goal <= 0.70.
+                and batch (MiniLM 32x128 r=8 q,v; SmolLM2 4x64 r=4 q,v), goal <= 0.70; ``minilm_fast``:
+                MiniLM with ``trainer.fast_dropout=true``'s dropout masks in both arms (when the checkout has it).
 ``startup``     time from process start to the first training step: a tiny run (tiny BERT, 64 examples)
                 and, from the quickstart section, the quickstart job and its peer.
 
@@ -52,6 +54,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve()
 SECTIONS = ("quickstart", "e2e", "decode", "memory", "step", "startup")
+# minilm_fast: MiniLM with trainer.fast_dropout=true's CPU dropout masks (lora_research.fast_dropout), both arms
+STEP_MODELS = ("minilm", "minilm_fast", "smollm2")
 
 
 def smollm2_model_config(root: Path) -> dict:
@@ -191,6 +195,8 @@ def section_quickstart(args, ours: Path, work: Path) -> dict:
                              "assert 'train_sampling' in {f.name for f in fields(TrainerConfig)}")
     split = ours_has(ours, "from lora_research.config import TrainerConfig\n"
                            "assert 'train_batch_split' in {f.name for f in fields(TrainerConfig)}")
+    fast = ours_has(ours, "from lora_research.config import TrainerConfig\n"
+                          "assert 'fast_dropout' in {f.name for f in fields(TrainerConfig)}")
     if split:  # the preset's levers off: each batch in one padded forward, the paper's computation
         arms.append("ours_padded")
     if grouped and not args.no_grouped:
@@ -212,6 +218,8 @@ def section_quickstart(args, ours: Path, work: Path) -> dict:
                 target.append("trainer.train_sampling=group_by_length")
             if arm == "ours_padded":
                 target += ["trainer.train_batch_split=none", "trainer.unpadded=false"]
+                if fast:  # the paper's computation: torch's own dropout draws too
+                    target.append("trainer.fast_dropout=false")
             if arm == "ours_bf16":
                 target.append("trainer.precision=bf16")
         rec = run_job(target, cwd=ours if not arm.startswith("peer") else ROOT, work=work / "quickstart", name=f"{arm}_s{seed}")
@@ -399,6 +407,8 @@ def _step_worker(model_name: str, variant: str, steps: int, warmup: int, out: st
     torch.manual_seed(0)
     root = Path(os.environ.get("BENCH_OURS_ROOT", str(ROOT)))
     g = torch.Generator().manual_seed(0)
+    fast = model_name.endswith("_fast")  # minilm_fast: the dropout masks of trainer.fast_dropout=true, both arms
+    model_name = model_name.removesuffix("_fast")
     if model_name == "minilm":
         cfg = ModelConfig()
         model = load_model(cfg, num_labels=2)
@@ -413,6 +423,10 @@ def _step_worker(model_name: str, variant: str, steps: int, warmup: int, out: st
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
     family = resolve_family(cfg)
     build_method(lora if variant == "lora" else {"name": "full_ft"}).apply(model, family)
+    if fast:
+        from lora_research import fast_dropout
+
+        fast_dropout.enable(model)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
@@ -431,7 +445,11 @@ def _step_worker(model_name: str, variant: str, steps: int, warmup: int, out: st
 def section_step(args, ours: Path, work: Path) -> dict:
     reps, steps, warmup = (1, 3, 1) if args.quick else (3, 6, 2)
     result = {"config": {"reps": reps, "steps": steps, "warmup": warmup}}
-    for model in ("minilm", "smollm2"):
+    models = ["minilm", "smollm2"]
+    if ours_has(ours, "from lora_research.config import TrainerConfig\n"
+                      "assert 'fast_dropout' in {f.name for f in fields(TrainerConfig)}"):
+        models.insert(1, "minilm_fast")
+    for model in models:
         runs = {"full_ft": [], "lora": []}
         for i, v in interleave(["full_ft", "lora"], reps):
             out = work / "step" / f"{model}_{v}_{i}.json"
@@ -531,7 +549,7 @@ def summarise(res: dict) -> dict:
             out["memory_lowmem_over_ft"] = lm["self_rss_mb"] / r["full_ft"]["self_rss_mb"]
     s = res.get("step")
     if s:
-        for model in ("minilm", "smollm2"):
+        for model in STEP_MODELS:
             if model in s:
                 ft = median([x["step_s"] for x in s[model]["full_ft"]])
                 lo = median([x["step_s"] for x in s[model]["lora"]])
@@ -647,10 +665,10 @@ def report(res: dict, base: dict | None) -> str:
     if any(k.startswith("step_") for k in s):
         w("")
         w(f"5. training step, LoRA vs full FT, same model and batch, {res['step']['config']}; load {res['step'].get('load')}")
-        for model in ("minilm", "smollm2"):
+        for model in STEP_MODELS:
             if f"step_{model}" in s:
                 m = s[f"step_{model}"]
-                w(f"   {model:<8} full FT {m['full_ft_s']:.3f} s, LoRA {m['lora_s']:.3f} s: ratio "
+                w(f"   {model:<11} full FT {m['full_ft_s']:.3f} s, LoRA {m['lora_s']:.3f} s: ratio "
                   f"{s[f'step_{model}_ratio']:.3f} {_goal(s[f'step_{model}_ratio'], '<=', 0.70)}{before(f'step_{model}_ratio')}")
     if "startup_tiny_first_step_s" in s:
         w("")
