@@ -90,6 +90,20 @@ def test_train_writes_scores_and_official_files(e2e_run):
 
 
 @pytest.mark.slow
+def test_the_jobs_predictions_are_evaluate_e2es(e2e_run, tmp_path):
+    """The training job decodes its final evaluation with the LoRA update merged, as evaluate_e2e does: re-decoding
+    the run folder (a copy, with the job's settings) gives the same predictions file."""
+    import shutil
+
+    from lora_research import evaluate_e2e
+
+    run_dir, _ = e2e_run
+    again = tmp_path / "again"
+    shutil.copytree(run_dir, again)
+    assert evaluate_e2e.main([f"run_dir={again}"]) == 0
+    assert (again / "predictions.txt").read_text() == (run_dir / "predictions.txt").read_text()
+
+
 def test_evaluate_e2e_cli_redecodes_and_updates_summary(e2e_run, capsys):
     from lora_research import evaluate_e2e
 

@@ -113,6 +113,29 @@ def test_loralib_style_unmerge_is_close_but_subtractive():
     torch.testing.assert_close(mod.base.weight, w0, atol=1e-6, rtol=0)
 
 
+def test_merge_without_keeping_the_original_copies_nothing_and_unmerges_by_subtraction():
+    """merge(keep_original=False), as decoding and prediction merge a model they drop afterwards: the same merged
+    weights and logits, no W0 copy kept aside (exact_unmerge set or not), and unmerge subtracts ΔW."""
+    model = _tiny(TINY_BERT)
+    method = build_method({"name": "lora", "r": 4, "targets": ["q", "v"]})  # exact_unmerge: the default, true
+    method.apply(model, get_family("bert"))
+    _randomise_lora(model)
+    mods = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    w0 = [m.base.weight.detach().clone() for m in mods]
+    x = _inputs()
+    unmerged = model(**x).logits
+    method.merge(model, keep_original=False)
+    assert all(m.merged and m._w0 is None for m in mods)
+    for m, w in zip(mods, w0):
+        (name,) = m.lora_A.keys()
+        torch.testing.assert_close(m.base.weight, w + (m.lora_B[name] @ m.lora_A[name]) * m.scaling[name],
+                                   atol=1e-6, rtol=0)
+    torch.testing.assert_close(model(**x).logits, unmerged, atol=1e-5, rtol=0)
+    method.unmerge(model)
+    for m, w in zip(mods, w0):
+        torch.testing.assert_close(m.base.weight, w, atol=1e-6, rtol=0)
+
+
 def test_forward_equals_hand_computation_with_dropout_on_branch_input_only():
     torch.manual_seed(0)
     lin = nn.Linear(6, 5)

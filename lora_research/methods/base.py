@@ -68,7 +68,9 @@ class Method(abc.ABC):
         r, targets = getattr(self.cfg, "r", None), getattr(self.cfg, "targets", None)
         return self.name + (f" r={r}" if r is not None else "") + (" " + ",".join(targets) if targets else "")
 
-    def merge(self, model: nn.Module) -> None:
+    def merge(self, model: nn.Module, keep_original: bool = True) -> None:
+        """Fold the learned update into the pretrained weights. ``keep_original=False``: for a model that is used
+        merged and then dropped (decoding, prediction), no copy of W0 is kept aside for a bit-exact unmerge."""
         raise MergeNotSupported(
             f"method {self.name!r} cannot merge: its trained parameters are extra modules or "
             "inputs, not an update of the pretrained weight matrices"

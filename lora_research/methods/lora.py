@@ -241,12 +241,13 @@ class LoRALinear(nn.Module):
         return y + torch.stack(parts).sum(0)
 
     @torch.no_grad()
-    def merge(self) -> None:
-        """W ← W0 + ΔW. Forward then uses the base path only (no extra latency)."""
+    def merge(self, keep_original: bool = True) -> None:
+        """W ← W0 + ΔW. Forward then uses the base path only (no extra latency). W0 is kept aside for a bit-exact
+        unmerge when ``exact_unmerge`` and ``keep_original``; otherwise unmerge subtracts ΔW (as loralib)."""
         if self.merged:
             return
         w = self.base.weight
-        if self.exact_unmerge:
+        if self.exact_unmerge and keep_original:
             self._w0 = w.detach().clone()
         if self.use_dora:
             # W' = (m / ‖W0 + ΔW‖_c) · (W0 + ΔW) on each slice; rows outside slices unchanged.
@@ -353,9 +354,9 @@ class LoRA(Method):
     def lora_modules(self, model: nn.Module) -> dict[str, LoRALinear]:
         return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
 
-    def merge(self, model: nn.Module) -> None:
+    def merge(self, model: nn.Module, keep_original: bool = True) -> None:
         for m in self.lora_modules(model).values():
-            m.merge()
+            m.merge(keep_original)
 
     def unmerge(self, model: nn.Module) -> None:
         for m in self.lora_modules(model).values():

@@ -142,7 +142,7 @@ class VeRA(Method):
     def _modules(self, model: nn.Module) -> list[VeRALinear]:
         return [m for m in model.modules() if isinstance(m, VeRALinear)]
 
-    def merge(self, model: nn.Module) -> None:
+    def merge(self, model: nn.Module, keep_original: bool = True) -> None:  # unmerge subtracts ΔW: nothing kept
         for m in self._modules(model):
             m.merge()
 
