@@ -7,11 +7,12 @@ there, the same in LoRA and in full fine-tuning.
 
 Here a mask costs ~0.4 ns per element to draw: 16 random bits per element from numpy's SFC64 generator
 (``BitGenerator.random_raw``), seeded for each mask from torch's default generator, so ``torch.manual_seed``
-and a checkpoint's saved RNG state fix every mask, as before. Element ``i`` is kept when its 16 bits, read as an
-unsigned number ``u_i``, satisfy ``u_i >= k`` with ``k = round(p * 65536)``; kept values are scaled by
-``1 / (1 - k/65536)``. So each element is dropped with probability ``k/65536`` (p = 0.1: 0.1000061) and the
-expectation of every output is its input, as with ``torch.nn.functional.dropout`` (Srivastava et al. 2014).
-The backward multiplies the gradient by the same mask and scale.
+and a checkpoint's saved RNG state fix every mask, as before. Element ``i`` is dropped when its 16 bits, read as a
+signed number ``v_i`` (uniform on -32768..32767), satisfy ``v_i < k - 32768`` with ``k = round(p * 65536)``: k of
+the 65536 values; kept values are scaled by ``1 / (1 - k/65536)``. So each element is dropped with probability
+``k/65536`` (p = 0.1: 0.1000061) and the expectation of every output is its input, as with
+``torch.nn.functional.dropout`` (Srivastava et al. 2014). The backward multiplies the gradient by the same mask
+and scale.
 
 What changes: which elements are dropped (another random stream), so a run's numbers move the way another
 seed's would. Off (``false``, the default): torch's own draws, bitwise as plain PyTorch. Only CPU tensors take
@@ -52,8 +53,8 @@ def keep_mask(shape, p: float) -> tuple[torch.Tensor, float]:
     for s in shape:
         n *= int(s)
     words = np.random.SFC64(seed).random_raw((n + 3) // 4)  # 4 x 16 bits per 64-bit word
-    bits = torch.from_numpy(words.view(np.int16)[:n])  # u - 32768, as int16 (torch has no uint16 compares)
-    return (bits >= k - _LEVELS // 2).view(*shape), _LEVELS / (_LEVELS - k)
+    bits = torch.from_numpy(words.view(np.int16)[:n])  # signed: torch compares int16, not uint16
+    return (bits >= k - _LEVELS // 2).view(*shape), _LEVELS / (_LEVELS - k)  # k values of 65536 lie below
 
 
 class _Masked(torch.autograd.Function):
