@@ -174,6 +174,11 @@ def ours_has(ours: Path, expr: str) -> bool:
     return out.returncode == 0
 
 
+def ours_has_trainer_option(ours: Path, name: str) -> bool:
+    """Whether the ``ours`` checkout's ``TrainerConfig`` has the field ``name`` (arms that need it run only then)."""
+    return ours_has(ours, f"from lora_research.config import TrainerConfig\nassert {name!r} in {{f.name for f in fields(TrainerConfig)}}")
+
+
 def interleave(arms: list[str], reps: int) -> list[tuple[int, str]]:
     """A B C, B C A, C A B, ...: every arm in every position, drift evened out."""
     order = []
@@ -191,12 +196,9 @@ def section_quickstart(args, ours: Path, work: Path) -> dict:
     size = (["task.max_train_samples=640", "trainer.epochs=1"] if args.quick else [])
     peer_size = (["--max-train-samples", "640", "--epochs", "1"] if args.quick else [])
     arms = ["ours", "peer"]
-    grouped = ours_has(ours, "from lora_research.config import TrainerConfig\n"
-                             "assert 'train_sampling' in {f.name for f in fields(TrainerConfig)}")
-    split = ours_has(ours, "from lora_research.config import TrainerConfig\n"
-                           "assert 'train_batch_split' in {f.name for f in fields(TrainerConfig)}")
-    fast = ours_has(ours, "from lora_research.config import TrainerConfig\n"
-                          "assert 'fast_dropout' in {f.name for f in fields(TrainerConfig)}")
+    grouped = ours_has_trainer_option(ours, "train_sampling")
+    split = ours_has_trainer_option(ours, "train_batch_split")
+    fast = ours_has_trainer_option(ours, "fast_dropout")
     if split:  # the preset's levers off: each batch in one padded forward, the paper's computation
         arms.append("ours_padded")
     if grouped and not args.no_grouped:
@@ -446,8 +448,7 @@ def section_step(args, ours: Path, work: Path) -> dict:
     reps, steps, warmup = (1, 3, 1) if args.quick else (3, 6, 2)
     result = {"config": {"reps": reps, "steps": steps, "warmup": warmup}}
     models = ["minilm", "smollm2"]
-    if ours_has(ours, "from lora_research.config import TrainerConfig\n"
-                      "assert 'fast_dropout' in {f.name for f in fields(TrainerConfig)}"):
+    if ours_has_trainer_option(ours, "fast_dropout"):
         models.insert(1, "minilm_fast")
     for model in models:
         runs = {"full_ft": [], "lora": []}

@@ -34,6 +34,7 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn as nn
+from transformers.integrations.sdpa_attention import repeat_kv
 
 from lora_research import attention_wrap
 
@@ -73,31 +74,22 @@ class _Masked(torch.autograd.Function):
         return torch.where(keep, grad, 0.0).mul_(ctx.scale), None, None
 
 
-def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
-    """``torch.nn.functional.dropout`` with the fast mask on CPU; torch's own elsewhere, and for p >= 1."""
+def dropout(x: torch.Tensor, p: float, training: bool = True, inplace: bool = False) -> torch.Tensor:
+    """``torch.nn.functional.dropout`` with the fast mask on CPU (a new tensor there); torch's own elsewhere, and
+    for p >= 1."""
     if not training or p == 0.0:
         return x
     if x.device.type != "cpu" or p >= 1.0:
-        return nn.functional.dropout(x, p, training)
+        return nn.functional.dropout(x, p, training, inplace)
     keep, scale = keep_mask(x.shape, p)
     return _Masked.apply(x, keep, scale)
 
 
 class Dropout(nn.Dropout):
-    """``nn.Dropout`` whose CPU masks are drawn by :func:`keep_mask` (``inplace`` is not honoured: a new tensor)."""
+    """``nn.Dropout`` whose CPU masks are drawn by :func:`keep_mask` (on CPU ``inplace`` gives a new tensor)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu":
-            return super().forward(x)
-        return dropout(x, self.p, self.training)
-
-
-def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """``[b, kv_heads, S, d]`` → ``[b, kv_heads·groups, S, d]`` (grouped-query attention)."""
-    if groups == 1:
-        return x
-    b, h, s, d = x.shape
-    return x[:, :, None].expand(b, h, groups, s, d).reshape(b, h * groups, s, d)
+        return dropout(x, self.p, self.training, self.inplace)
 
 
 def sdpa(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False,
@@ -139,7 +131,7 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
         return attention_wrap.call(fallback, module, query, key, value, attention_mask, dropout=dropout,
                                    scaling=scaling, is_causal=is_causal, **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
-    key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     q_len = query.shape[2]
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     causal = bool(q_len > 1 and attention_mask is None and causal)
