@@ -105,6 +105,17 @@ def test_malformed_csv_errors(tmp_path):
         E.load_pairs("dev", source="tsv", data_dir=tmp_path)
 
 
+def test_unset_data_dir_is_a_clear_error_before_the_feature_cache(tmp_path):
+    """E2E_DIR unset: the error names the setting (it was a TypeError from the cache key, an 'internal error')."""
+    tok = type("Tok", (), {"name_or_path": "t"})()
+    for source in ("csv", "lora_txt"):
+        with pytest.raises(ValueError, match=r"E2E data_dir is not set \(task.data_dir or env E2E_DIR\)"):
+            E.prepare_e2e_features(tok, splits=("train", "dev"), max_length=32, source=source, data_dir=None,
+                                   cache_dir=tmp_path)
+        with pytest.raises(ValueError, match="E2E_DIR"):
+            E.load_pairs("dev", source=source, data_dir=None)
+
+
 def test_hub_source_monkeypatched(monkeypatch):
     rows = [
         {"meaning_representation": "name[A], eatType[pub]", "human_reference": "A is a pub."},

@@ -222,9 +222,7 @@ def load_pairs(
                     _clean(r["human_reference"]))
             for i, r in enumerate(ds)
         ]
-    if data_dir is None:
-        raise ValueError("E2E data_dir is not set (task.data_dir or env E2E_DIR); or use task.source=hub")
-    root = Path(data_dir).expanduser()
+    root = _data_root(data_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"E2E data directory {str(root)!r} does not exist (task.data_dir / E2E_DIR)")
     if source == "lora_txt":
@@ -284,10 +282,17 @@ def encode_pair(tokenizer, context: str, completion: str, max_length: int) -> di
 # --------------------------------------------------------------------------- cached features
 
 
+def _data_root(data_dir) -> Path:
+    """The E2E data folder of a file source (csv, lora_txt); a clear error where none is set."""
+    if data_dir is None:
+        raise ValueError("E2E data_dir is not set (task.data_dir or env E2E_DIR); or use task.source=hub")
+    return Path(data_dir).expanduser()
+
+
 def _data_identity(source: str, data_dir, splits) -> dict[str, Any]:
     if source == "hub":
         return {"source": "hub", "dataset": HUB_DATASET_ID}
-    root = Path(data_dir).expanduser()
+    root = _data_root(data_dir)
     files = {}
     for s in splits:
         p = _lora_txt_path(root, s) if source == "lora_txt" else root / CSV_FILES[s]
