@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 from conftest import DATA as _DATA_ROOT
@@ -141,6 +142,33 @@ def test_e2e_config_validation():
         validate(_compose(["model=tiny_gpt2", "task=e2e", "logger=none", "+task.decode.beams=3"]))
     with pytest.raises(ValueError, match="decode.strategy='sample'.*valid choices"):  # the task checks at validation
         validate(_compose(["model=tiny_gpt2", "task=e2e", "logger=none", "task.decode.strategy=sample"]))
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_trains_the_batch_it_splits(tmp_path):
+    """Batch 4 as 2 micro-batches of 2 (trainer.gradient_accumulation_steps=2): the same rows per optimizer step and
+    Trainer's token mean over all 4 (``num_items_in_batch``, which the completion loss divides by), so without dropout
+    the adapter after 3 steps is the unsplit batch's, to float rounding; one micro-batch alone would not be."""
+    from safetensors.torch import load_file
+
+    from lora_research.train import run
+
+    base = [o.replace("__CACHE__", str(tmp_path / "cache")) for o in OVERRIDES
+            if not o.startswith(("trainer.max_steps", "trainer.batch_size", "task.max_eval_samples"))]
+    base += ["trainer.max_steps=3", "trainer.lr=0.01", "trainer.warmup_steps=0", "method.dropout=0.0",
+             "trainer.label_smoothing=0.1", "task.max_eval_samples=1", "task.decode.max_new_tokens=2",
+             *(f"+model.config_overrides.{k}=0.0" for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop"))]
+    adapters = {}
+    for name, batch, accumulation in (("whole", 4, 1), ("micro", 2, 2), ("half", 2, 1)):
+        run(_compose(base + [f"trainer.batch_size={batch}", f"trainer.gradient_accumulation_steps={accumulation}"]),
+            tmp_path / name)
+        adapters[name] = load_file(str(tmp_path / name / "adapter.safetensors"))
+    whole, micro, half = adapters["whole"], adapters["micro"], adapters["half"]
+    assert whole.keys() == micro.keys() and len(whole) > 0
+    moved = max(float((whole[k] - half[k]).abs().max()) for k in whole)
+    assert moved > 1e-3  # the test can tell batches apart
+    for k in whole:
+        torch.testing.assert_close(micro[k], whole[k], rtol=1e-4, atol=1e-6, msg=k)
 
 
 @pytest.mark.parametrize("preset", ["gpt2m_lora_e2e", "gpt2m_lora_e2e_repo", "smollm2_lora_e2e_cpu"])
