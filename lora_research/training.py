@@ -32,7 +32,7 @@ from accelerate.utils import DistributedType
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from lora_research import adapter_file, batch_split, distributed, fast_dropout, lm_loss, outputs, unpadded
+from lora_research import adapter_file, batch_split, distributed, fast_dropout, heap, lm_loss, outputs, unpadded
 from lora_research.config import RunConfig
 from lora_research.methods import Method, count_parameters, get_method_class
 from lora_research.models import load_model, load_tokenizer, pick_device, resolve_family
@@ -392,16 +392,12 @@ def length_sorted(ds):
 def release_freed_memory() -> None:
     """Hand memory that training freed back to the operating system (glibc keeps freed heap in its arenas,
     so the resident size would stay at training's high-water mark through decoding). No-op elsewhere."""
-    import ctypes
     import gc
 
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
-        pass
+    heap.trim()
 
 
 def _peak_rss_mb() -> float:

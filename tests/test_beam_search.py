@@ -190,6 +190,26 @@ def test_a_long_newcomer_makes_room_at_the_left_of_a_shorter_cache(monkeypatch):
     assert any(grown), grown  # a cache already in use grew at the left
 
 
+def test_freed_cache_buffers_go_back_to_the_system_when_the_cache_grows(monkeypatch):
+    """Each time the cache moves into bigger buffers (every ``BeamCacheLayer.grow`` positions) the freed heap is
+    handed back (``heap.trim``): once per move, not every step, and the outputs stay HF's."""
+    from lora_research import beam_search as bs
+    from lora_research.beam_cache import BeamCacheLayer
+
+    monkeypatch.setattr(BeamCacheLayer, "grow", 2)
+    trims, moves = [], []
+    monkeypatch.setattr(bs.heap, "trim", lambda: trims.append(1))
+    realloc = BeamCacheLayer._realloc
+    monkeypatch.setattr(BeamCacheLayer, "_realloc", lambda self, *a, **k: (moves.append(1), realloc(self, *a, **k))[1])
+    model, prompts, eos = model_and_prompts("llama")
+    cfg = dict(num_beams=3, length_penalty=1.0, early_stopping=False, eos=eos, pad=PAD["llama"])
+    mine, info, _ = ours(model, prompts, batch_size=2, **cfg)
+    assert_same(hf_generate(model, prompts, **cfg), mine, cfg["pad"], cfg["eos"])
+    layers = model.config.num_hidden_layers
+    assert 2 <= len(trims) < info["steps"]  # several moves, fewer than the steps
+    assert len(trims) <= len(moves) // layers + 1
+
+
 def test_no_padding_and_single_prompt():
     """Equal-length prompts (HF drops the all-ones mask) and a batch of one."""
     model, prompts, eos = model_and_prompts("llama", lens=(6, 6, 6))
