@@ -46,6 +46,7 @@ class BeamCacheLayer(DynamicLayer):
         super().__init__(**kwargs)
         self._k = self._v = None
         self.rows = self.start = self.length = 0
+        self.moves = 0  # times the keys and values moved into new buffers (the old ones are free then)
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.device = key_states.device
@@ -71,6 +72,7 @@ class BeamCacheLayer(DynamicLayer):
             bufs.append(new)
         self._k, self._v = bufs
         self.start, self.length = 0, left + n
+        self.moves += 1
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:

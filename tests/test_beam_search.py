@@ -201,7 +201,7 @@ def test_freed_cache_buffers_go_back_to_the_system_when_the_cache_grows(monkeypa
     monkeypatch.setattr(bs.heap, "trim", lambda: trims.append(1))
     realloc = BeamCacheLayer._realloc
     monkeypatch.setattr(BeamCacheLayer, "_realloc", lambda self, *a, **k: (moves.append(1), realloc(self, *a, **k))[1])
-    model, prompts, eos = model_and_prompts("llama")
+    model, prompts, eos = model_and_prompts("llama")  # moves counted by hand: BeamCacheLayer.moves is what it reads
     cfg = dict(num_beams=3, length_penalty=1.0, early_stopping=False, eos=eos, pad=PAD["llama"])
     mine, info, _ = ours(model, prompts, batch_size=2, **cfg)
     assert_same(hf_generate(model, prompts, **cfg), mine, cfg["pad"], cfg["eos"])
