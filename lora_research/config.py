@@ -79,7 +79,7 @@ class TrainerConfig:
     # true: CPU dropout masks drawn from numpy's SFC64 (16 random bits per element, seeded from torch's generator)
     # instead of torch's bernoulli_ (~19% of a MiniLM CPU step): the same dropout, other draws, so numbers move
     # the way another seed's would (lora_research.fast_dropout). false: torch's draws, as plain PyTorch. CUDA: torch's.
-    # Off by default: the quickstart scored lower with it in 6 of 6 paired seeds, then 7 of 10 (results/benchmarks/README.md)
+    # Off by default: the quickstart scored lower with it in 6 of 6 paired seeds, then 12 of 20 (results/benchmarks/README.md)
     fast_dropout: bool = False
     # eval batches: auto = length-sorted where no reported number can change (classification / regression:
     # per-example loss, order-free metrics), file order for causal LMs (their dev loss averages per-batch
