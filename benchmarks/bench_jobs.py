@@ -448,10 +448,8 @@ def _step_worker(model_name: str, variant: str, steps: int, warmup: int, out: st
 def section_step(args, ours: Path, work: Path) -> dict:
     reps, steps, warmup = (1, 3, 1) if args.quick else (3, 6, 2)
     result = {"config": {"reps": reps, "steps": steps, "warmup": warmup}}
-    models = ["minilm", "smollm2"]
-    if ours_has_trainer_option(ours, "fast_dropout"):
-        models.insert(1, "minilm_fast")
-    for model in models:
+    fast = ours_has_trainer_option(ours, "fast_dropout")
+    for model in (m for m in STEP_MODELS if fast or not m.endswith("_fast")):
         runs = {"full_ft": [], "lora": []}
         for i, v in interleave(["full_ft", "lora"], reps):
             out = work / "step" / f"{model}_{v}_{i}.json"

@@ -118,8 +118,7 @@ def evaluate(run_dir, *, split: Optional[str] = None, max_mrs: Any = "default", 
     dec = replace(task.cfg.decode, **(decode or {}))
     limit = dec.max_mrs if max_mrs == "default" else max_mrs
     dec = replace(dec, max_mrs=limit)
-    if getattr(method, "can_merge", False):
-        method.merge(model, keep_original=False)  # W0 + BA in the weights: decoding costs what the base model costs
+    method.merge_for_inference(model)  # W0 + BA in the weights: decoding costs what the base model costs
     prefix = f"{tag}." if tag else ""
     dev = next(model.parameters()).device
     result = task.decode_and_score(model, tokenizer, run_dir, dev, split=split, decode=dec, max_mrs=limit, prefix=prefix)

@@ -315,8 +315,7 @@ def export_merged(run_dir, out, *, verify: bool = True, tol: Optional[float] = N
             "its weights, so there is no plain merged model; use the run folder with python -m lora_research.predict")
     batch = probe_batch(model, task.head == "generation")
     reference = _logits(model, batch)
-    if method.can_merge:
-        method.merge(model)
+    if method.merge_for_inference(model):
         unwrap_merged(model)
     left = _project_modules(model)
     if left:

@@ -7,22 +7,19 @@ milliseconds. Elsewhere (macOS, musl) :func:`trim` does nothing.
 from __future__ import annotations
 
 import ctypes
-from typing import Optional
+import functools
 
-_libc: Optional[ctypes.CDLL] = None
-_missing = False
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
 
 
 def trim() -> None:
     """``malloc_trim(0)`` where the C library is glibc; a no-op elsewhere."""
-    global _libc, _missing
-    if _missing:
-        return
-    if _libc is None:
-        try:
-            _libc = ctypes.CDLL("libc.so.6")
-            _libc.malloc_trim  # noqa: B018 (AttributeError where the library has no malloc_trim)
-        except (OSError, AttributeError):
-            _missing = True
-            return
-    _libc.malloc_trim(0)
+    release = _malloc_trim()
+    if release is not None:
+        release(0)

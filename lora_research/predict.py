@@ -70,8 +70,7 @@ def load_predictor(source, *, device: str = "auto", task: Optional[str] = None) 
         from lora_research.training import restore_run
 
         _, model, tokenizer, method, t = restore_run(source, device="cpu")
-        if method.can_merge:
-            method.merge(model, keep_original=False)  # the update folded into W: the base model's cost per example
+        method.merge_for_inference(model)  # the update folded into W: the base model's cost per example
         return Predictor(model.to(dev).eval(), tokenizer, t, dev, "run")
     info_path = source / adapter_file.EXPORT_INFO_FILE
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}

@@ -79,6 +79,14 @@ class Method(abc.ABC):
     def unmerge(self, model: nn.Module) -> None:
         raise MergeNotSupported(f"method {self.name!r} cannot merge, so it cannot unmerge")
 
+    def merge_for_inference(self, model: nn.Module) -> bool:
+        """Fold the update into the weights of a model that is only used merged from now on (decoding, prediction,
+        export): the forward then costs what the base model's costs, and no copy of W0 is kept. Returns whether it
+        merged (False: the method cannot, and the model is left as it is)."""
+        if self.can_merge:
+            self.merge(model, keep_original=False)
+        return self.can_merge
+
     def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Every trainable tensor by parameter name, detached on CPU (what a run saves)."""
         return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
