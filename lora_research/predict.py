@@ -28,7 +28,7 @@ from typing import Any, Iterable, Optional
 
 import torch
 
-from lora_research import adapter_file
+from lora_research import adapter_file, console
 
 
 @dataclass
@@ -179,9 +179,7 @@ def _context(task, ex: dict, n: int) -> str:
 
 
 def _progress(total: int, unit: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit=unit, file=sys.stderr, disable=total < 64 or None, leave=False)
+    return console.progress_bar(total, unit, min_total=64)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from accelerate.utils import DistributedType
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from lora_research import adapter_file, batch_split, distributed, fast_dropout, heap, lm_loss, outputs, unpadded
+from lora_research import adapter_file, batch_split, console, distributed, fast_dropout, heap, lm_loss, outputs, unpadded
 from lora_research.config import RunConfig
 from lora_research.methods import Method, count_parameters, get_method_class
 from lora_research.models import load_model, load_tokenizer, pick_device, resolve_family
@@ -174,24 +174,19 @@ class ConsoleCallback(TrainerCallback):
 
     def __init__(self):
         self.bar = None
-        self.file_log = logging.getLogger("lora_research.trainer_log")
-        self.file_log.propagate = False  # not the console handler; the file handlers are added below
+        self.file_log = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.file_log.handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
-        self.file_log.setLevel(logging.INFO)
+        self.file_log = console.file_logger("lora_research.trainer_log")
         if state.is_world_process_zero:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, unit="step", file=sys.stderr,
-                            disable=None, leave=False, dynamic_ncols=True)
+            self.bar = console.progress_bar(state.max_steps, "step", initial=state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.bar is not None:
             self.bar.update(state.global_step - self.bar.n)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and logs:
+        if state.is_world_process_zero and logs and self.file_log is not None:
             self.file_log.info("step %d: %s", state.global_step, json.dumps(logs, default=str))
 
     def on_train_end(self, args, state, control, **kwargs):

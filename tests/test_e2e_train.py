@@ -202,3 +202,23 @@ def test_console_result_names_the_decoded_scores(e2e_run):
     assert decoded.startswith(f"decoded {fe['num_mrs']} dev MRs (beam, beams 2): ")
     for m in METRICS:
         assert f"{m}={fe[m]:.2f}" in decoded
+
+
+@pytest.mark.slow
+def test_cli_console_shows_the_result_and_the_log_gets_the_decoding_progress(tmp_path):
+    """The console is for people: a decoding's per-MR progress and settings go to the run's log (train.log);
+    the console gets the result lines (and, on a terminal only, one bar)."""
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    overrides = [o.replace("__CACHE__", str(tmp_path / "cache")) for o in OVERRIDES]
+    proc = subprocess.run([sys.executable, "-m", "lora_research.train", *overrides, f"hydra.run.dir={run_dir}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    console = proc.stdout + proc.stderr
+    assert "decoded 3 dev MRs (beam, beams 2): BLEU=" in console
+    assert "decoded 1/3" not in console and "decoding 3 dev MRs" not in console
+    log = (run_dir / "train.log").read_text(encoding="utf-8")
+    assert "decoding 3 dev MRs ({'strategy': 'beam', 'num_beams': 2" in log
+    assert "decoded 3/3" in log

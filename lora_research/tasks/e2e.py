@@ -37,6 +37,7 @@ of one MR are its multiple references.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -200,7 +201,14 @@ def _lora_txt_path(data_dir: Path, split: str) -> Path:
 def _load_hub_split(split: str, revision: Optional[str] = None):
     import datasets
 
-    return datasets.load_dataset(HUB_DATASET_ID, split=HUB_SPLITS[split], revision=revision)
+    logging.getLogger(__name__).info("loading %s (%s) from the Hugging Face hub (task.source=hub)", HUB_DATASET_ID, split)
+    try:
+        return datasets.load_dataset(HUB_DATASET_ID, split=HUB_SPLITS[split], revision=revision)
+    except (ConnectionError, OSError) as e:  # offline: say how to use local files instead
+        raise ConnectionError(
+            f"could not load {HUB_DATASET_ID} ({split}) from the Hugging Face hub ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:160] if str(e) else ''}); without the hub, use task.source=csv with E2E_DIR "
+            "(or task.data_dir) set to the e2e-dataset folder (trainset.csv, devset.csv, testset_w_refs.csv)") from e
 
 
 def load_pairs(

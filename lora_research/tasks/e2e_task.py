@@ -13,12 +13,12 @@ Scores are reported on the paper's Table 3 scale (BLEU, METEOR, ROUGE_L ×100).
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from lora_research import console
 from lora_research.decoding import DecodeConfig, check_decode_config, generate, settings_dict
 from lora_research.metrics.nist import NIST_MODES
 from lora_research.structured import as_dataclass
@@ -33,7 +33,6 @@ from lora_research.tasks.e2e import (
     subsample_mrs,
 )
 
-log = logging.getLogger(__name__)
 EVAL_SPLITS = ("dev", "test")
 PAPER_SCALE_NOTE = "paper (BLEU, METEOR, ROUGE_L x100; NIST, CIDEr raw)"
 
@@ -155,11 +154,19 @@ class E2ETask(Task):
         split = split or self.cfg.eval_split
         contexts, refs = self.eval_mrs(split, max_mrs if max_mrs is not None else decode.max_mrs)
         prompts = [encode_context(tokenizer, c) for c in contexts]
-        log.info("decoding %d %s MRs (%s)", len(prompts), split, settings_dict(decode))
-        preds, stats = generate(
-            model, tokenizer, prompts, decode, device,
-            progress=lambda done, total: log.info("decoded %d/%d", done, total),
-        )
+        # the console gets one bar (on a terminal); the run's log, the settings and each MR done
+        file_log = console.file_logger(f"{__name__}.decoding")
+        file_log.info("decoding %d %s MRs (%s)", len(prompts), split, settings_dict(decode))
+        bar = console.progress_bar(len(prompts), "MR")
+
+        def progress(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+            file_log.info("decoded %d/%d", done, total)
+
+        try:
+            preds, stats = generate(model, tokenizer, prompts, decode, device, progress=progress)
+        finally:
+            bar.close()
         if run_dir is not None:
             run_dir = Path(run_dir)
             atomic_write_text(run_dir / f"{prefix}predictions.txt", format_predictions(preds))

@@ -32,6 +32,7 @@ a train file is absent (e.g. QNLI train is not in this project's ``shared/data``
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -384,6 +385,8 @@ def load_glue(
     wanted = resolve_splits(spec, splits)
     if data_dir is None:
         kwargs = {"revision": revision} if revision else {}
+        logging.getLogger(__name__).info("loading %s/%s from the Hugging Face hub (GLUE_DIR / task.data_dir unset)",
+                                         HUB_DATASET_ID, spec.name)
         try:
             full = datasets.load_dataset(HUB_DATASET_ID, spec.name, **kwargs)
         except (ConnectionError, OSError) as e:  # offline: say how to use local files instead
