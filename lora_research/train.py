@@ -64,10 +64,9 @@ def _command() -> str:
 
 def _log_to_file(message: str) -> None:
     """Write ``message`` to the run log (Hydra's train.log) only, not to the console."""
-    record = logging.LogRecord("lora_research", logging.ERROR, __file__, 0, message, None, None)
-    for h in logging.getLogger().handlers:
-        if isinstance(h, logging.FileHandler):
-            h.handle(record)
+    from lora_research.console import file_logger
+
+    file_logger("lora_research.run_status").error(message)
 
 
 def _way_out(run_dir: Path) -> str:

@@ -252,3 +252,22 @@ def test_cli_bad_value_is_one_clear_line_and_exit_2(tmp_path):
         "valid choices: ['q', 'k', 'v', 'o', 'mlp_in', 'mlp_out']"
     ]
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_failed_run_is_one_line_on_the_console_and_the_reason_in_its_log(tmp_path):
+    """A run that fails after its folder exists: one ``error:`` line on the console; ``error.json`` and the
+    run's log (``train.log``, through ``console.file_logger``) say ``failed`` and why."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TOKENIZERS_PARALLELISM": "false"}
+    empty = tmp_path / "glue"
+    empty.mkdir()
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "lora_research.train", "model=tiny_roberta", "logger=none", f"task.data_dir={empty}",
+           f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"no folder for GLUE task 'sst2' in '{empty}'" in errors[0]
+    assert "failed:" not in proc.stdout + proc.stderr  # the status line is the log's, not the console's
+    log = (run_dir / "train.log").read_text(encoding="utf-8")
+    assert f"[lora_research.run_status][ERROR] - failed: no folder for GLUE task 'sst2' in '{empty}'" in log
+    assert json.loads((run_dir / "error.json").read_text())["status"] == "failed"
