@@ -197,14 +197,8 @@ def predict(pred: Predictor, examples: list[dict], batch_size: int = 32) -> list
 
         contexts = [_context(task, ex, i + 1) for i, ex in enumerate(examples)]
         bar = _progress(len(contexts), "MR")
-        done = {"n": 0}
-
-        def progress(n, total):
-            bar.update(n - done["n"])
-            done["n"] = n
-
         texts, _ = generate(model, tok, [encode_context(tok, c) for c in contexts], task.cfg.decode, pred.device,
-                            progress=progress)
+                            progress=lambda done, total: bar.update(done - bar.n))
         bar.close()
         return [{**keep(ex), "context": c, "prediction": t} for ex, c, t in zip(examples, contexts, texts)]
     names = list(task.spec.label_names)

@@ -37,7 +37,6 @@ of one MR are its multiple references.
 from __future__ import annotations
 
 import csv
-import logging
 import os
 import re
 from dataclasses import dataclass
@@ -45,6 +44,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
+
+from lora_research.tasks.hub_data import load_from_hub
 
 #: CSV attribute → the name in microsoft/LoRA's linearised MRs (derived from devset.csv vs valid.txt).
 ATTRIBUTE_NAMES = {
@@ -199,16 +200,10 @@ def _lora_txt_path(data_dir: Path, split: str) -> Path:
 
 
 def _load_hub_split(split: str, revision: Optional[str] = None):
-    import datasets
-
-    logging.getLogger(__name__).info("loading %s (%s) from the Hugging Face hub (task.source=hub)", HUB_DATASET_ID, split)
-    try:
-        return datasets.load_dataset(HUB_DATASET_ID, split=HUB_SPLITS[split], revision=revision)
-    except (ConnectionError, OSError) as e:  # offline: say how to use local files instead
-        raise ConnectionError(
-            f"could not load {HUB_DATASET_ID} ({split}) from the Hugging Face hub ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:160] if str(e) else ''}); without the hub, use task.source=csv with E2E_DIR "
-            "(or task.data_dir) set to the e2e-dataset folder (trainset.csv, devset.csv, testset_w_refs.csv)") from e
+    return load_from_hub(f"{HUB_DATASET_ID} ({split})", "task.source=hub",
+                         "use task.source=csv with E2E_DIR (or task.data_dir) set to the e2e-dataset folder "
+                         "(trainset.csv, devset.csv, testset_w_refs.csv)",
+                         HUB_DATASET_ID, split=HUB_SPLITS[split], revision=revision)
 
 
 def load_pairs(

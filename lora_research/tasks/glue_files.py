@@ -32,7 +32,6 @@ a train file is absent (e.g. QNLI train is not in this project's ``shared/data``
 from __future__ import annotations
 
 import csv
-import logging
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_research.tasks.glue_specs import GlueTaskSpec, get_task_spec, resolve_splits
+from lora_research.tasks.hub_data import load_from_hub
 
 __all__ = ["HUB_DATASET_ID", "load_glue", "local_sources"]
 
@@ -385,15 +385,9 @@ def load_glue(
     wanted = resolve_splits(spec, splits)
     if data_dir is None:
         kwargs = {"revision": revision} if revision else {}
-        logging.getLogger(__name__).info("loading %s/%s from the Hugging Face hub (GLUE_DIR / task.data_dir unset)",
-                                         HUB_DATASET_ID, spec.name)
-        try:
-            full = datasets.load_dataset(HUB_DATASET_ID, spec.name, **kwargs)
-        except (ConnectionError, OSError) as e:  # offline: say how to use local files instead
-            raise ConnectionError(
-                f"could not load {HUB_DATASET_ID}/{spec.name} from the Hugging Face hub ({type(e).__name__}: "
-                f"{str(e).splitlines()[0][:160] if str(e) else ''}); without the hub, set GLUE_DIR (or task.data_dir) "
-                "to a folder in the GLUE download layout (<dir>/SST-2/train.tsv ...)") from e
+        full = load_from_hub(f"{HUB_DATASET_ID}/{spec.name}", "GLUE_DIR / task.data_dir unset",
+                             "set GLUE_DIR (or task.data_dir) to a folder in the GLUE download layout "
+                             "(<dir>/SST-2/train.tsv ...)", HUB_DATASET_ID, spec.name, **kwargs)
         absent = [s for s in wanted if s not in full]
         if absent:
             raise ValueError(
