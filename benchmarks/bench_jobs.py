@@ -430,6 +430,10 @@ def _step_worker(model_name: str, variant: str, steps: int, warmup: int, out: st
         from lora_research import fast_dropout
 
         fast_dropout.enable(model)
+    if (root / "lora_research/lean_activations.py").exists():  # training's default (trainer.lean_activations=true)
+        from lora_research import lean_activations
+
+        lean_activations.enable(model)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)

@@ -81,6 +81,10 @@ class TrainerConfig:
     # the way another seed's would (lora_research.fast_dropout). false: torch's draws, as plain PyTorch. CUDA: torch's.
     # Off by default: the quickstart scored lower with it in 6 of 6 paired seeds, then 12 of 20 (results/benchmarks/README.md)
     fast_dropout: bool = False
+    # true: backward keeps fewer activations, bitwise the same numbers (lora_research.lean_activations): an adapted
+    # module's LoRA branch keeps x and a boolean dropout mask instead of the float noise and dropout(x) (CPU); gated
+    # SiLU MLPs (LLaMA, SmolLM2) keep gate(x) and up(x) and recompute the SiLU. false: autograd's own saved tensors
+    lean_activations: bool = True
     # eval batches: auto = length-sorted where no reported number can change (classification / regression:
     # per-example loss, order-free metrics), file order for causal LMs (their dev loss averages per-batch
     # token means) | length | file

@@ -32,7 +32,8 @@ from accelerate.utils import DistributedType
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from lora_research import adapter_file, batch_split, console, distributed, fast_dropout, heap, lm_loss, outputs, unpadded
+from lora_research import (adapter_file, batch_split, console, distributed, fast_dropout, heap, lean_activations, lm_loss,
+                           outputs, unpadded)
 from lora_research.config import RunConfig
 from lora_research.methods import Method, count_parameters, get_method_class
 from lora_research.models import load_model, load_tokenizer, pick_device, resolve_family
@@ -441,6 +442,7 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
         log.info("init_from %s: %d tensors loaded", run.init_from, len(loaded))
     fast_masks = fast_dropout.enable(model) if t.fast_dropout else None  # after apply: the method's dropouts too
     unpadded_hooks = unpadded.enable(model, family, method) if t.unpadded else None
+    lean = lean_activations.enable(model) if t.lean_activations else None
     distributed.mean_loss_per_batch(model)  # DDP / gradient accumulation scale the loss right
     counts = count_parameters(model, family)
     log.info(
@@ -521,6 +523,8 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
         unpadded_hooks.remove()  # the final evaluation and everything after see the model as loaded and adapted
     if fast_masks is not None:
         fast_masks.remove()
+    if lean is not None:
+        lean.remove()
     best = callback.best
     final_metrics: dict[str, Any] = {}
     if task.final_evaluation:

@@ -56,6 +56,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lora_research import lean_activations
 from lora_research.methods.base import Method, freeze, register_method, unfreeze_head
 from lora_research.targets import FamilySpec, Target, is_conv1d, module_shape, resolve_targets, validate_matrices
 
@@ -96,6 +97,8 @@ class LoRALinear(nn.Module):
     ``slices`` maps a matrix name to the rows ``(start, stop)`` of the (out, in) weight it owns
     (``None`` = all rows). Parameters: ``lora_A[name]`` (r, in), ``lora_B[name]`` (rows, r).
     """
+
+    lean_input = False  # set by lora_research.lean_activations.enable: backward keeps x and a boolean mask
 
     def __init__(
         self,
@@ -214,31 +217,45 @@ class LoRALinear(nn.Module):
         y = self.base(x)
         if self.merged:
             return y
-        xd = self.dropout(x)
         if self.use_dora:
+            xd = self.dropout(x)
             parts = [
                 F.pad(self._dora_update(m, x, xd, y), (start, self.out_features - stop))
                 for m, (start, stop) in self.slices.items()
             ]
             return y + (parts[0] if len(parts) == 1 else torch.stack(parts).sum(0))
+        xas = self._down(x)
         if len(self.slices) == 1:
             (m, (start, stop)), = self.slices.items()
+            xa = xas[m]
             if start == 0 and stop == self.out_features and self.lora_B[m].dtype == y.dtype:
                 # y + s·(x Aᵀ) Bᵀ as one addmm: 2 kernels instead of 4, forward and backward
-                xa = F.linear(xd, self.lora_A[m]).to(y.dtype)
+                xa = xa.to(y.dtype)
                 return torch.addmm(
                     y.reshape(-1, y.shape[-1]), xa.reshape(-1, xa.shape[-1]), self.lora_B[m].t(), alpha=self.scaling[m]
                 ).view(y.shape)
-            update = F.linear(F.linear(xd, self.lora_A[m]), self.lora_B[m]) * self.scaling[m]
+            update = F.linear(xa, self.lora_B[m]) * self.scaling[m]
             return y + F.pad(update.to(y.dtype), (start, self.out_features - stop))
         parts = [
             F.pad(
-                (F.linear(F.linear(xd, self.lora_A[m]), self.lora_B[m]) * self.scaling[m]).to(y.dtype),
+                (F.linear(xas[m], self.lora_B[m]) * self.scaling[m]).to(y.dtype),
                 (start, self.out_features - stop),
             )
             for m, (start, stop) in self.slices.items()
         ]
         return y + torch.stack(parts).sum(0)
+
+    def _down(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``A_m · dropout(x)`` for each matrix (one dropout mask for the module). With ``lean_input``
+        (``trainer.lean_activations``) backward keeps x and a boolean mask instead of the float noise and the
+        dropped-out x (:func:`lora_research.lean_activations.dropped_linears`): the same numbers."""
+        weights = [self.lora_A[m] for m in self.slices]
+        if self.lean_input:
+            xas = lean_activations.dropped_linears(x, self.dropout, weights)
+        else:
+            xd = self.dropout(x)
+            xas = [F.linear(xd, w) for w in weights]
+        return dict(zip(self.slices, xas))
 
     @torch.no_grad()
     def merge(self, keep_original: bool = True) -> None:
