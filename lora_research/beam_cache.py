@@ -6,7 +6,10 @@ tensors: ``torch.cat`` of the whole cache, then ``index_select`` of all of it. H
 
 * the layer's keys and values are views of buffers with room for a few more positions
   (:attr:`BeamCacheLayer.grow`), so an append is a write into that room, and the buffers are
-  reallocated once every ``grow`` positions instead of at every step;
+  reallocated once every ``grow`` positions instead of at every step. The buffers are memory mapped straight
+  from the system (:func:`lora_research.heap.zeros_off_heap`), so a replaced one is handed back at once (from the
+  heap, glibc kept replaced ones as free heap between trims: an E2E decoding, SmolLM2, 8 MRs x 10 beams, 50 dev MRs,
+  peaked at 1,539 MB RSS with 203 MB of free heap; now 1,461 MB, the same time and tokens);
 * the reorder copies, for each row that changes, only the positions at and after ``first[i]``: the first
   position whose token differs between old row ``i`` and old row ``beam_idx[i]``. Positions before it
   already hold the same keys and values, because they were computed from the same tokens at the same
@@ -29,6 +32,8 @@ from typing import Optional
 
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
+
+from . import heap
 
 
 class BeamCacheLayer(DynamicLayer):
@@ -65,7 +70,7 @@ class BeamCacheLayer(DynamicLayer):
         shape = (rows, like.shape[1], left + n + extra + self.grow, like.shape[-1])
         bufs = []
         for old, src in ((self._k, like), (self._v, like if self._v is None else self._v)):
-            new = src.new_zeros(shape) if left or old is None or rows > old.shape[0] else src.new_empty(shape)
+            new = heap.zeros_off_heap(shape, src.dtype, src.device)  # the old buffer goes back to the system when freed
             if old is not None and n:
                 r = min(rows, old.shape[0])
                 new[:r, :, left: left + n] = old[:r, :, self.start: self.length]
