@@ -66,3 +66,12 @@ def tiny_batch(family: str, batch: int = 2, length: int = 7, seed: int = 1) -> d
 def logits_of(model, batch: dict) -> torch.Tensor:
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     return model(**inputs).logits
+
+
+def nudge_lora_b(model, seed: int = 3, scale: float = 0.1) -> None:
+    """LoRA's B away from zero (its init), so that the branch (and its dropout) counts in outputs and gradients."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.add_(scale * torch.randn(p.shape, generator=g))

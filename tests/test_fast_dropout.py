@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from lora_research import fast_dropout, unpadded
 from lora_research.methods import build_method
 
-from _tiny_models import FAMILIES, logits_of, tiny_batch, tiny_model
+from _tiny_models import FAMILIES, logits_of, nudge_lora_b, tiny_batch, tiny_model
 
 
 def test_keep_mask_drops_k_of_65536_levels_and_scales_by_the_inverse():
@@ -135,11 +135,7 @@ def _with_dropout(family):
     for m in model.modules():
         if hasattr(m, "attention_dropout"):
             m.attention_dropout = 0.1
-    with torch.no_grad():  # LoRA's B away from zero, so that its branch (and its dropout) counts
-        g = torch.Generator().manual_seed(3)
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    nudge_lora_b(model)
     return model.eval(), spec
 
 

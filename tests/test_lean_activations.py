@@ -14,18 +14,14 @@ import torch
 from lora_research import fast_dropout, lean_activations
 from lora_research.methods import build_method
 
-from _tiny_models import FAMILIES, tiny_batch, tiny_model
+from _tiny_models import FAMILIES, nudge_lora_b, tiny_batch, tiny_model
 
 
 def _model(family, targets=("q", "v"), method="lora"):
     model, spec = tiny_model(family)
     if method == "lora":
         build_method({"name": "lora", "r": 4, "alpha": 8, "targets": list(targets), "dropout": 0.1}).apply(model, spec)
-        with torch.no_grad():  # LoRA's B away from zero, so that its branch (and its dropout) counts
-            g = torch.Generator().manual_seed(3)
-            for n, p in model.named_parameters():
-                if "lora_B" in n:
-                    p.add_(0.1 * torch.randn(p.shape, generator=g))
+        nudge_lora_b(model)
     return model.train(), spec
 
 
