@@ -25,7 +25,8 @@ Sections (``--only``), each a ratio against its goal:
                 vs ``model.generate(num_beams=10, ...)`` (``decode.engine=hf``), tokens/s ratio (goal
                 >= 1.5) and whether every output is identical.
 ``memory``      peak RSS of a short SmolLM2 E2E job with LoRA and with full fine-tuning (goal: LoRA <=
-                1300 MB and <= 0.5x full FT), plus the RSS of loading the model alone.
+                1300 MB and <= 0.5x full FT), plus the RSS of loading the model alone; where the machine has
+                ``libjemalloc.so.2``, both jobs and the low-memory one once more with it preloaded (``LD_PRELOAD``).
 ``step``        one training step (forward, backward, AdamW) of LoRA vs full fine-tuning on the same model
                 and batch (MiniLM 32x128 r=8 q,v; SmolLM2 4x64 r=4 q,v), goal <= 0.70; ``minilm_fast``:
                 MiniLM with ``trainer.fast_dropout=true``'s dropout masks in both arms (when the checkout has it).
@@ -372,32 +373,47 @@ def _load_worker(out: str) -> None:
 LOWMEM = ["trainer.gradient_checkpointing=true", "task.decode.batch_size=3"]
 
 
+def jemalloc() -> str | None:
+    """The path of ``libjemalloc.so.2`` on this machine (``ldconfig -p``; Debian/Ubuntu: ``apt install libjemalloc2``),
+    or None. The memory section runs LoRA and full FT once more with it preloaded (``LD_PRELOAD``): same numbers,
+    another allocator."""
+    try:
+        out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    paths = [line.split("=>")[-1].strip() for line in out.splitlines() if "libjemalloc.so.2" in line]
+    return next((p for p in paths if Path(p).exists()), None)
+
+
 def section_memory(args, ours: Path, work: Path, e2e: dict | None = None) -> dict:
     """LoRA vs full FT peak RSS on the E2E job; the LoRA job is the e2e section's when it ran."""
     steps, mrs = (6, 8) if args.quick else (30, 50)
     runs = {}
-    methods = ["lora", "full_ft", "lora_lowmem"]
+    je = jemalloc()
+    methods = ["lora", "full_ft", "lora_lowmem"] + (["lora_jemalloc", "full_ft_jemalloc", "lora_lowmem_jemalloc"] if je else [])
     if e2e and e2e["runs"].get("ours") and e2e["config"]["steps"] == steps and e2e["config"]["dev_mrs"] == mrs:
         runs["lora"] = dict(e2e["runs"]["ours"][0], reused_from="e2e section")
-        methods = ["full_ft", "lora_lowmem"]
-    for method in methods:
-        d = work / "memory" / method
+        methods.remove("lora")
+    for arm in methods:
+        d = work / "memory" / arm
+        method = arm.removesuffix("_jemalloc")
         # full_ft: the experiment's LoRA options (r, alpha, dropout, targets) are deleted, not inherited
         swap = [f"method={method}"] + ([f"~method.{k}" for k in ("r", "alpha", "dropout", "targets")] if method != "lora" else [])
         if method == "lora_lowmem":  # the same LoRA job with memory settings: same predictions, slower
             swap = ["method=lora", *LOWMEM]
         rec = run_job(["-m", "lora_research.train", *_e2e_overrides(steps, mrs, swap), f"hydra.run.dir={d}"],
-                      cwd=ours, work=work / "memory", name=method)
+                      cwd=ours, work=work / "memory", name=arm,
+                      env_extra={"LD_PRELOAD": je} if arm.endswith("_jemalloc") else None)
         s = json.loads((d / "summary.json").read_text())
         rec["self_rss_mb"] = s["peak_rss_mb"]
         rec["decode_seconds"] = s.get("final_evaluation", {}).get("decode_seconds")
         rec["train_runtime_s"] = s.get("train_runtime_s")
-        runs[method] = rec
+        runs[arm] = rec
     out = work / "memory" / "load.json"
     rec = run_job([str(HERE), "--_load-worker", str(out)], cwd=ours, work=work / "memory", name="load_only")
     rec.update(json.loads(out.read_text()))
     runs["load_only"] = rec
-    return {"config": {"steps": steps, "mrs": mrs, "beams": 10}, "runs": runs}
+    return {"config": {"steps": steps, "mrs": mrs, "beams": 10, "jemalloc": je}, "runs": runs}
 
 
 def _step_worker(model_name: str, variant: str, steps: int, warmup: int, out: str) -> None:
@@ -551,6 +567,12 @@ def summarise(res: dict) -> dict:
                                                                 "train_runtime_s")}
             out["memory"]["lora_run"] = {k: r["lora"].get(k) for k in ("wall_s", "decode_seconds", "train_runtime_s")}
             out["memory_lowmem_over_ft"] = lm["self_rss_mb"] / r["full_ft"]["self_rss_mb"]
+        if "lora_jemalloc" in r:
+            out["memory"]["jemalloc"] = {a: {k: r[f"{a}_jemalloc"].get(k) for k in ("self_rss_mb", "wall_s", "decode_seconds",
+                                                                                   "train_runtime_s")}
+                                         for a in ("lora", "full_ft", "lora_lowmem") if f"{a}_jemalloc" in r}
+            out["memory_jemalloc_lora_over_ft"] = (r["lora_jemalloc"]["self_rss_mb"]
+                                                   / r["full_ft_jemalloc"]["self_rss_mb"])
     s = res.get("step")
     if s:
         for model in STEP_MODELS:
@@ -657,6 +679,16 @@ def report(res: dict, base: dict | None) -> str:
               f"/ full FT {s['memory_lowmem_over_ft']:.3f} {_goal(s['memory_lowmem_over_ft'], '<=', 0.5)}; "
               f"wall {lm['wall_s']} s vs {lr.get('wall_s')} s (train {lm['train_runtime_s']} vs {lr.get('train_runtime_s')} s, "
               f"decoding {lm['decode_seconds']} vs {lr.get('decode_seconds')} s)")
+        if "jemalloc" in m:
+            jl, jf = m["jemalloc"]["lora"], m["jemalloc"]["full_ft"]
+            w(f"   with jemalloc ({res['memory']['config'].get('jemalloc')} preloaded, the same jobs): LoRA "
+              f"{jl['self_rss_mb']:.0f} MB {_goal(jl['self_rss_mb'], '<=', 1300)}, full FT {jf['self_rss_mb']:.0f} MB; "
+              f"LoRA / full FT {s['memory_jemalloc_lora_over_ft']:.3f} {_goal(s['memory_jemalloc_lora_over_ft'], '<=', 0.5)}; "
+              f"LoRA wall {jl['wall_s']} s (train {jl['train_runtime_s']} s, decoding {jl['decode_seconds']} s)")
+            if "lora_lowmem" in m["jemalloc"]:
+                jm = m["jemalloc"]["lora_lowmem"]
+                w(f"   with jemalloc and {' '.join(LOWMEM)}: {jm['self_rss_mb']:.0f} MB {_goal(jm['self_rss_mb'], '<=', 1300)}, "
+                  f"/ full FT with jemalloc {jm['self_rss_mb'] / jf['self_rss_mb']:.3f}; wall {jm['wall_s']} s")
         lo = m["load_only"]
         w(f"   loading alone: RSS after imports {lo.get('rss_after_imports_mb')} MB, after tokenizer "
           f"{lo.get('rss_after_tokenizer_mb')} MB, peak after model {lo.get('peak_rss_after_model_mb')} MB for "
