@@ -85,6 +85,10 @@ class TrainerConfig:
     # module's LoRA branch keeps x and a boolean dropout mask instead of the float noise and dropout(x) (CPU); gated
     # SiLU MLPs (LLaMA, SmolLM2) keep gate(x) and up(x) and recompute the SiLU. false: autograd's own saved tensors
     lean_activations: bool = True
+    # CPU memory (glibc): blocks of this many MB and more are mapped from the system and handed back when freed,
+    # instead of staying in the heap (lora_research.heap.set_mmap_threshold; 0 < MB <= 32). null: glibc's own
+    # threshold, which rises to the largest block freed. Same numbers; SmolLM2 E2E training peaks ~45 MB lower
+    malloc_mmap_threshold_mb: Optional[float] = 2.0
     # eval batches: auto = length-sorted where no reported number can change (classification / regression:
     # per-example loss, order-free metrics), file order for causal LMs (their dev loss averages per-batch
     # token means) | length | file
@@ -206,6 +210,9 @@ def check_trainer(t: TrainerConfig) -> None:
     if t.split_piece_tokens < 0:
         raise ValueError(f"trainer.split_piece_tokens={t.split_piece_tokens} is not valid; valid: integers >= 0 "
                          "(the cost of one more forward and backward, in padded tokens)")
+    if t.malloc_mmap_threshold_mb is not None and not 0 < t.malloc_mmap_threshold_mb <= 32:
+        raise ValueError(f"trainer.malloc_mmap_threshold_mb={t.malloc_mmap_threshold_mb} is not valid; valid: "
+                         "0 < MB <= 32 (glibc's limit), or null for glibc's own threshold")
     if t.num_workers < 0 or t.threads < 0:
         bad = "num_workers" if t.num_workers < 0 else "threads"
         raise ValueError(f"trainer.{bad}={getattr(t, bad)} is not valid; valid: integers >= 0")

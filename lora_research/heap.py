@@ -3,6 +3,12 @@
 glibc keeps memory that Python and torch free in its arenas; the resident size stays at the high-water mark of
 whatever ran before. ``malloc_trim(0)`` releases every whole free page of every arena (``madvise``), at a cost of
 milliseconds. Elsewhere (macOS, musl) :func:`trim` does nothing.
+
+glibc serves a block from its heap when it is smaller than its mmap threshold, and that threshold rises to the size
+of the largest mapped block freed so far (up to 32 MB). After the first SmolLM2 training step (its [tokens,
+49,152] logits, ~27 MB) every block is heap, and a step's big blocks, freed and taken again between smaller ones,
+leave free heap that stays resident. :func:`set_mmap_threshold` (``trainer.malloc_mmap_threshold_mb``, default 2)
+fixes the threshold: bigger blocks are mapped from the system and handed back when freed.
 """
 from __future__ import annotations
 
@@ -21,6 +27,36 @@ def _malloc_trim():
         return ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):  # not glibc
         return None
+
+
+M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+MAX_MMAP_THRESHOLD_MB = 32  # glibc's largest threshold on 64-bit systems (HEAP_MAX_SIZE / 2)
+
+
+@functools.lru_cache(maxsize=1)
+def _mallopt():
+    try:
+        return ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def set_mmap_threshold(mb) -> bool:
+    """Blocks of ``mb`` MB and more come straight from the system (``mmap``) and go back to it when freed:
+    ``mallopt(M_MMAP_THRESHOLD)``, as ``MALLOC_MMAP_THRESHOLD_`` would set it at start-up, for the rest of the
+    process (glibc's own rising threshold is off from then on). ``None``: nothing changes. Returns whether the
+    threshold was set (False where the C library is not glibc). The numbers computed do not change.
+
+    Measured (2-core CPU, issue #13): SmolLM2 E2E LoRA training peaks at 1,503–1,511 MB with 2 MB against
+    1,548–1,567 MB with glibc's threshold; the quickstart job at 950–962 MB against 1,035–1,056 MB; neither took
+    longer (results/benchmarks/README.md)."""
+    if mb is None:
+        return False
+    if not 0 < mb <= MAX_MMAP_THRESHOLD_MB:
+        raise ValueError(f"malloc mmap threshold {mb!r} MB is not valid; valid: 0 < MB <= {MAX_MMAP_THRESHOLD_MB} "
+                         "(glibc's limit), or null for glibc's own")
+    mallopt = _mallopt()
+    return bool(mallopt is not None and mallopt(M_MMAP_THRESHOLD, int(mb * 2 ** 20)))
 
 
 def trim() -> None:

@@ -420,6 +420,7 @@ def fit(run: RunConfig, run_dir: Path, *, command: str = "", tracker=None, extra
     t = run.trainer
     if t.threads > 0:
         torch.set_num_threads(t.threads)
+    heap.set_mmap_threshold(t.malloc_mmap_threshold_mb)  # big blocks off the heap: from here to the process's end
     if t.full_determinism:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":16:8")
     device = pick_device(t.device)

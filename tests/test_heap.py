@@ -61,3 +61,76 @@ def test_the_beam_cache_keeps_its_buffers_off_the_heap(monkeypatch):
     keys, values = layer.update(k, k + 1)
     assert torch.equal(keys, k) and torch.equal(values, k + 1)
     assert made == [(2, 3, 5 + BeamCacheLayer.grow, 4)] * 2  # keys and values
+
+
+_THRESHOLD_PROBE = r"""
+import json, sys, torch
+sys.path.insert(0, sys.argv[1])
+from lora_research import heap
+
+def mapped(address):
+    with open("/proc/self/maps") as f:
+        return any(lo <= address < hi for lo, hi in ((int(x, 16) for x in line.split()[0].split("-")) for line in f))
+
+def stays_mapped_after_free(mb):
+    t = torch.ones(int(mb * 2 ** 20) // 4)
+    address = t.data_ptr() + t.nbytes // 2
+    del t
+    return mapped(address)
+
+big = torch.zeros(24 * 2 ** 20 // 4)
+del big  # glibc's own threshold rises to 24 MB: blocks up to that size are heap from now on
+out = {"glibc": stays_mapped_after_free(3)}
+out["set"] = heap.set_mmap_threshold(2)
+out["3mb"], out["1mb"] = stays_mapped_after_free(3), stays_mapped_after_free(1)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps") or heap._mallopt() is None, reason="needs Linux and glibc")
+def test_blocks_above_the_mmap_threshold_go_back_to_the_system():
+    """In a fresh process: with glibc's rising threshold a freed 3 MB block stays mapped (free heap); after
+    ``set_mmap_threshold(2)`` a freed 3 MB block is unmapped at once, and a 1 MB block is still heap."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(heap.__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", _THRESHOLD_PROBE, root], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"glibc": True, "set": True, "3mb": False, "1mb": True}
+
+
+@pytest.mark.parametrize("bad", [0, -1, 33, 1e9])
+def test_an_impossible_mmap_threshold_is_refused(bad):
+    with pytest.raises(ValueError, match=f"{bad!r} MB is not valid; valid: 0 < MB <= 32"):
+        heap.set_mmap_threshold(bad)
+    assert heap.set_mmap_threshold(None) is False  # null: glibc's own, nothing set
+
+
+def test_the_trainer_option_is_validated_by_name():
+    from lora_research.config import validate
+    from conftest import compose
+
+    with pytest.raises(ValueError, match=r"trainer.malloc_mmap_threshold_mb=64.0 is not valid; valid: 0 < MB <= 32"):
+        validate(compose(["model=tiny_bert", "task=sst2", "logger=none", "trainer.malloc_mmap_threshold_mb=64"]))
+    run = validate(compose(["model=tiny_bert", "task=sst2", "logger=none", "trainer.malloc_mmap_threshold_mb=null"]))
+    assert run.trainer.malloc_mmap_threshold_mb is None
+    assert validate(compose(["model=tiny_bert", "task=sst2", "logger=none"])).trainer.malloc_mmap_threshold_mb == 2
+
+
+def test_training_sets_the_threshold_and_it_is_not_part_of_the_run(glue_dir, tmp_path, monkeypatch):
+    """``trainer.malloc_mmap_threshold_mb`` reaches glibc at the start of training; it changes no number, so the
+    run folder's fingerprint ignores it: the same run with another threshold is the completed run, not a new one."""
+    from conftest import compose
+    from lora_research.train import run
+
+    monkeypatch.setenv("GLUE_DIR", str(glue_dir))
+    calls, real = [], heap.set_mmap_threshold
+    monkeypatch.setattr(heap, "set_mmap_threshold", lambda mb: calls.append(mb) or real(mb))
+    base = ["model=tiny_bert", "task=rte", "logger=none", "task.max_train_samples=16", "task.max_eval_samples=8",
+            "task.max_length=32", "trainer.device=cpu", "trainer.batch_size=8", "trainer.epochs=1", "trainer.threads=1"]
+    first = run(compose(base + ["trainer.malloc_mmap_threshold_mb=2.5"]), tmp_path / "run")
+    assert calls == [2.5] and first["status"] == "completed"
+    again = run(compose(base + ["trainer.malloc_mmap_threshold_mb=null"]), tmp_path / "run")
+    assert again.get("already_completed") is True and calls == [2.5]
