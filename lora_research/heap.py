@@ -7,8 +7,10 @@ milliseconds. Elsewhere (macOS, musl) :func:`trim` does nothing.
 glibc serves a block from its heap when it is smaller than its mmap threshold, and that threshold rises to the size
 of the largest mapped block freed so far (up to 32 MB). After the first SmolLM2 training step (its [tokens,
 49,152] logits, ~27 MB) every block is heap, and a step's big blocks, freed and taken again between smaller ones,
-leave free heap that stays resident. :func:`set_mmap_threshold` (``trainer.malloc_mmap_threshold_mb``, default 2)
-fixes the threshold: bigger blocks are mapped from the system and handed back when freed.
+leave free heap that stays resident. :func:`set_mmap_threshold` (``trainer.malloc_mmap_threshold_mb``; the SmolLM2
+E2E CPU preset sets 2) fixes the threshold: bigger blocks are mapped from the system and handed back when freed,
+at the cost of a page fault per 4 KB each time one is taken (jobs with many big blocks per step, such as a padded
+MiniLM batch's [32, 12, 128, 128] attention, take longer).
 """
 from __future__ import annotations
 
@@ -48,8 +50,8 @@ def set_mmap_threshold(mb) -> bool:
     threshold was set (False where the C library is not glibc). The numbers computed do not change.
 
     Measured (2-core CPU, issue #13): SmolLM2 E2E LoRA training peaks at 1,503–1,511 MB with 2 MB against
-    1,548–1,567 MB with glibc's threshold; the quickstart job at 950–962 MB against 1,035–1,056 MB; neither took
-    longer (results/benchmarks/README.md)."""
+    1,548–1,567 MB with glibc's threshold, in the same time; the quickstart job at ~940 MB against ~1,000 MB, but
+    5–10% slower (results/benchmarks/README.md)."""
     if mb is None:
         return False
     if not 0 < mb <= MAX_MMAP_THRESHOLD_MB:

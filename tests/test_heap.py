@@ -116,7 +116,8 @@ def test_the_trainer_option_is_validated_by_name():
         validate(compose(["model=tiny_bert", "task=sst2", "logger=none", "trainer.malloc_mmap_threshold_mb=64"]))
     run = validate(compose(["model=tiny_bert", "task=sst2", "logger=none", "trainer.malloc_mmap_threshold_mb=null"]))
     assert run.trainer.malloc_mmap_threshold_mb is None
-    assert validate(compose(["model=tiny_bert", "task=sst2", "logger=none"])).trainer.malloc_mmap_threshold_mb == 2
+    assert validate(compose(["model=tiny_bert", "task=sst2", "logger=none"])).trainer.malloc_mmap_threshold_mb is None
+    assert validate(compose(["experiment=smollm2_lora_e2e_cpu", "logger=none"])).trainer.malloc_mmap_threshold_mb == 2
 
 
 def test_training_sets_the_threshold_and_it_is_not_part_of_the_run(glue_dir, tmp_path, monkeypatch):
