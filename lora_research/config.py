@@ -88,7 +88,7 @@ class TrainerConfig:
     # CPU memory (glibc): blocks of this many MB and more are mapped from the system and handed back when freed,
     # instead of staying in the heap (lora_research.heap.set_mmap_threshold; 0 < MB <= 32). null: glibc's own
     # threshold, which rises to the largest block freed. Same numbers. 2 (the SmolLM2 E2E CPU preset): its training
-    # peaks ~45 MB lower at the same speed; on the padded MiniLM quickstart it costs ~8% time (150 MB less)
+    # peaks ~45 MB lower at the same speed; the padded MiniLM quickstart took ~6% longer with it (190 MB less)
     malloc_mmap_threshold_mb: Optional[float] = None
     # eval batches: auto = length-sorted where no reported number can change (classification / regression:
     # per-example loss, order-free metrics), file order for causal LMs (their dev loss averages per-batch

@@ -50,8 +50,9 @@ def set_mmap_threshold(mb) -> bool:
     threshold was set (False where the C library is not glibc). The numbers computed do not change.
 
     Measured (2-core CPU, issue #13): SmolLM2 E2E LoRA training peaks at 1,503–1,511 MB with 2 MB against
-    1,548–1,567 MB with glibc's threshold, in the same time; the quickstart job at ~940 MB against ~1,000 MB, but
-    5–10% slower (results/benchmarks/README.md)."""
+    1,548–1,567 MB with glibc's threshold, in the same time; the padded quickstart job (``trainer.unpadded=false
+    trainer.train_batch_split=none``, interleaved runs) at 1,190 MB against 1,375–1,393 MB, but in 88–90 s against
+    84 s (results/benchmarks/README.md)."""
     if mb is None:
         return False
     if not 0 < mb <= MAX_MMAP_THRESHOLD_MB:
