@@ -23,24 +23,17 @@ import os
 import torch
 
 
-@functools.lru_cache(maxsize=1)
-def _malloc_trim():
+@functools.lru_cache(maxsize=None)
+def _glibc(name: str):
+    """glibc's function ``name`` (``malloc_trim``, ``mallopt``), or None where the C library is not glibc."""
     try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
+        return getattr(ctypes.CDLL("libc.so.6"), name)
     except (OSError, AttributeError):  # not glibc
         return None
 
 
 M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 MAX_MMAP_THRESHOLD_MB = 32  # glibc's largest threshold on 64-bit systems (HEAP_MAX_SIZE / 2)
-
-
-@functools.lru_cache(maxsize=1)
-def _mallopt():
-    try:
-        return ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc
-        return None
 
 
 def set_mmap_threshold(mb) -> bool:
@@ -58,13 +51,13 @@ def set_mmap_threshold(mb) -> bool:
     if not 0 < mb <= MAX_MMAP_THRESHOLD_MB:
         raise ValueError(f"malloc mmap threshold {mb!r} MB is not valid; valid: 0 < MB <= {MAX_MMAP_THRESHOLD_MB} "
                          "(glibc's limit), or null for glibc's own")
-    mallopt = _mallopt()
+    mallopt = _glibc("mallopt")
     return bool(mallopt is not None and mallopt(M_MMAP_THRESHOLD, int(mb * 2 ** 20)))
 
 
 def trim() -> None:
     """``malloc_trim(0)`` where the C library is glibc; a no-op elsewhere."""
-    release = _malloc_trim()
+    release = _glibc("malloc_trim")
     if release is not None:
         release(0)
 

@@ -87,7 +87,7 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/maps") or heap._mallopt() is None, reason="needs Linux and glibc")
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps") or heap._glibc("mallopt") is None, reason="needs Linux and glibc")
 def test_blocks_above_the_mmap_threshold_go_back_to_the_system():
     """In a fresh process: with glibc's rising threshold a freed 3 MB block stays mapped (free heap); after
     ``set_mmap_threshold(2)`` a freed 3 MB block is unmapped at once, and a 1 MB block is still heap."""
