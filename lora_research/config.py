@@ -22,6 +22,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from lora_research import heap
 from lora_research.methods import METHODS, build_method
 from lora_research.models import ModelConfig, resolve_family
 from lora_research.structured import as_dataclass
@@ -211,9 +212,9 @@ def check_trainer(t: TrainerConfig) -> None:
     if t.split_piece_tokens < 0:
         raise ValueError(f"trainer.split_piece_tokens={t.split_piece_tokens} is not valid; valid: integers >= 0 "
                          "(the cost of one more forward and backward, in padded tokens)")
-    if t.malloc_mmap_threshold_mb is not None and not 0 < t.malloc_mmap_threshold_mb <= 32:
+    if t.malloc_mmap_threshold_mb is not None and not 0 < t.malloc_mmap_threshold_mb <= heap.MAX_MMAP_THRESHOLD_MB:
         raise ValueError(f"trainer.malloc_mmap_threshold_mb={t.malloc_mmap_threshold_mb} is not valid; valid: "
-                         "0 < MB <= 32 (glibc's limit), or null for glibc's own threshold")
+                         f"0 < MB <= {heap.MAX_MMAP_THRESHOLD_MB} (glibc's limit), or null for glibc's own threshold")
     if t.num_workers < 0 or t.threads < 0:
         bad = "num_workers" if t.num_workers < 0 else "threads"
         raise ValueError(f"trainer.{bad}={getattr(t, bad)} is not valid; valid: integers >= 0")
