@@ -17,8 +17,9 @@ Each prompt's key/value cache is computed once for all its beams, in groups of `
 prompts (``generate`` runs the prompt once per beam). The cache's buffers are memory mapped from the system,
 so those it outgrows go back at once (:mod:`lora_research.beam_cache`); and each time the cache moves into bigger
 buffers, the heap that the steps since freed is handed back too (:func:`lora_research.heap.trim`), which glibc
-would otherwise keep. On an E2E decoding (SmolLM2, 8 MRs x 10 beams, 50 dev MRs) the peak RSS is 1,461 MB with
-both, 1,535 MB without the trim, 1,539 MB with the cache on the heap (and the trim), at the same speed.
+would otherwise keep. On an E2E decoding alone (SmolLM2, 8 MRs x 10 beams, 50 dev MRs; 2026-12-07, the cache then
+growing by 16 positions) the peak RSS was 1,461 MB with both, 1,535 MB without the trim, 1,539 MB with the cache on
+the heap (and the trim), at the same speed. Later figures, whole jobs included: ``results/benchmarks/README.md``.
 
 Every prompt is a row of its own: its own prompt length, positions (``0 .. len - 1``, then one per
 new token, as ``generate`` computes them from the attention mask), number of generated tokens, length

@@ -84,7 +84,8 @@ class TrainerConfig:
     fast_dropout: bool = False
     # true: backward keeps fewer activations, bitwise the same numbers (lora_research.lean_activations): an adapted
     # module's LoRA branch keeps x and a boolean dropout mask instead of the float noise and dropout(x) (CPU); gated
-    # SiLU MLPs (LLaMA, SmolLM2) keep gate(x) and up(x) and recompute the SiLU. false: autograd's own saved tensors
+    # SiLU MLPs (LLaMA, SmolLM2) keep gate(x) and up(x) and recompute the SiLU. false: autograd's own saved tensors.
+    # Not part of a run's fingerprint or results identity (the same numbers either way)
     lean_activations: bool = True
     # CPU memory (glibc): blocks of this many MB and more are mapped from the system and handed back when freed,
     # instead of staying in the heap (lora_research.heap.set_mmap_threshold; 0 < MB <= 32). null: glibc's own

@@ -272,7 +272,7 @@ FINGERPRINT_IGNORED = (
     "hydra", "logger", "experiment_name", "overwrite",
     "trainer.device", "trainer.resume", "trainer.threads", "trainer.num_workers", "trainer.keep_checkpoints",
     "trainer.save_total_limit", "trainer.logging_steps", "trainer.eval_batch_size", "task.cache_dir",
-    "trainer.malloc_mmap_threshold_mb",
+    "trainer.malloc_mmap_threshold_mb", "trainer.lean_activations",
 )
 
 

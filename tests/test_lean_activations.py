@@ -169,7 +169,8 @@ def test_with_gradient_checkpointing_the_recomputed_layers_are_bitwise_the_same(
 
 def test_training_turns_it_on_and_trains_the_same_adapter(glue_dir, tmp_path, monkeypatch):
     """A real (tiny) run with LoRA dropout 0.1: ``trainer.lean_activations`` reaches the model, and the trained
-    adapter and every logged loss are the same with it off."""
+    adapter and every logged loss are the same with it off; so neither the run folder nor the results store
+    tells the two settings apart."""
     from safetensors.torch import load_file
 
     from conftest import compose
@@ -197,3 +198,14 @@ def test_training_turns_it_on_and_trains_the_same_adapter(glue_dir, tmp_path, mo
     strip = lambda rs: [{k: v for k, v in r.items() if k not in ("runtime", "samples_per_second", "steps_per_second")}
                         for r in rs]
     assert strip(outputs.read_metrics(tmp_path / "True")) == strip(outputs.read_metrics(tmp_path / "False"))
+
+    # the same numbers either way, so the option is not part of the run: the other setting into the completed
+    # run's folder is that run (a no-op), and the results store keys the two runs as one table row
+    again = run(compose(base + ["trainer.lean_activations=false"]), tmp_path / "True")
+    assert again.get("already_completed") is True
+    from lora_research.results.store import load_runs, row_key_columns
+
+    df = load_runs([tmp_path / "True", tmp_path / "False"])
+    assert set(df["trainer.lean_activations"]) == {True, False}
+    keys = row_key_columns(df)
+    assert "trainer.lean_activations" not in keys and len(df[keys].drop_duplicates()) == 1

@@ -39,6 +39,7 @@ NOT_IDENTITY = {
     "seed", "experiment_name", "overwrite",
     "trainer.device", "trainer.eval_batch_size", "trainer.logging_steps", "trainer.num_workers", "trainer.resume",
     "trainer.keep_checkpoints", "trainer.save_total_limit", "trainer.threads", "trainer.malloc_mmap_threshold_mb",
+    "trainer.lean_activations",
     "task.data_dir", "task.cache_dir", "task.decode.batch_size",
 }
 NOT_IDENTITY_PREFIXES = ("logger.",)
