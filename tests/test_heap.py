@@ -74,8 +74,8 @@ def mapped(address):
 
 def in_heap(address):
     with open("/proc/self/maps") as f:
-        return any(lo <= address < hi for lo, hi, heap in ((*(int(x, 16) for x in line.split()[0].split("-")),
-                                                           line.rstrip().endswith("[heap]")) for line in f) if heap)
+        return any(lo <= address < hi for lo, hi, brk in ((*(int(x, 16) for x in line.split()[0].split("-")),
+                                                          line.rstrip().endswith("[heap]")) for line in f) if brk)
 
 def block(mb):  # [in the brk heap while alive, still mapped after it is freed]
     t = torch.ones(int(mb * 2 ** 20) // 4)
