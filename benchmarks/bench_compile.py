@@ -3,9 +3,9 @@
     python benchmarks/bench_compile.py                      # MiniLM and SmolLM2, LoRA and full FT
     python benchmarks/bench_compile.py --models minilm --inductor-rng --json out.json
 
-The step is ``benchmarks/bench_jobs.py``'s step section: forward, backward, AdamW, on one fixed batch
-(MiniLM 32 x 128, LoRA r=8 on q, v; SmolLM2 4 x 64, LoRA r=4 on q, v with dropout 0.1). Arms, each a
-fresh process, one after the other:
+The step is ``benchmarks/bench_jobs.py``'s step section (its ``step_model``): forward, backward, AdamW, on one
+fixed batch (MiniLM 32 x 128, LoRA r=8 on q, v; SmolLM2 4 x 64, LoRA r=4 on q, v with dropout 0.1). Arms, each
+a fresh process, one after the other:
 
 ``eager``       the project's training computation (``trainer.lean_activations=true``, as ``fit`` runs it);
 ``compile``     ``torch.compile(model)`` (inductor, what ``TrainingArguments(torch_compile=True)`` does),
@@ -13,8 +13,9 @@ fresh process, one after the other:
 ``compile_rng`` (``--inductor-rng``) the same with inductor's own random numbers (fused into its kernels;
                 other draws, as ``trainer.fast_dropout`` has).
 
-For each: the first step (compilation included, from empty inductor caches: what a sweep's first job pays), the median of the next steps, the compiled / eager step
-ratio, the steps a job needs before compiling has paid for itself, and LoRA / full FT (goal <= 0.70).
+For each: the first step (compilation included, from empty inductor caches: what a sweep's first job pays; again
+from the warm cache: its later jobs), the median of the next steps, the compiled / eager step ratio, the steps a
+job needs before compiling has paid for itself, and LoRA / full FT (goal <= 0.70).
 """
 from __future__ import annotations
 
@@ -39,27 +40,11 @@ def _worker(model_name: str, method: str, mode: str, steps: int) -> dict:
     import torch
     import transformers
 
-    from bench_jobs import smollm2_model_config
+    from bench_jobs import step_model
     from lora_research import lean_activations
-    from lora_research.methods import build_method
-    from lora_research.models import ModelConfig, load_model, resolve_family
 
     transformers.logging.set_verbosity_error()
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    if model_name == "minilm":
-        cfg = ModelConfig()
-        model = load_model(cfg, num_labels=2)
-        lora = {"name": "lora", "r": 8, "alpha": 16, "targets": ["q", "v"]}
-        ids = torch.randint(1000, 30000, (32, 128), generator=g)
-        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.randint(0, 2, (32,), generator=g)}
-    else:
-        cfg = smollm2_model_config(ROOT)
-        model = load_model(cfg, head="generation")
-        lora = {"name": "lora", "r": 4, "alpha": 32, "dropout": 0.1, "targets": ["q", "v"]}
-        ids = torch.randint(1000, 40000, (4, 64), generator=g)
-        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
-    build_method(lora if method == "lora" else {"name": "full_ft"}).apply(model, resolve_family(cfg))
+    model, inputs = step_model(model_name, method, ROOT)
     forward = model
     if mode == "eager":
         lean_activations.enable(model)

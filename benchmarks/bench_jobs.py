@@ -416,32 +416,41 @@ def section_memory(args, ours: Path, work: Path, e2e: dict | None = None) -> dic
     return {"config": {"steps": steps, "mrs": mrs, "beams": 10, "jemalloc": je}, "runs": runs}
 
 
-def _step_worker(model_name: str, variant: str, steps: int, warmup: int, out: str) -> None:
-    sys.path.insert(0, os.environ.get("BENCH_OURS_ROOT", str(ROOT)))
+def step_model(model_name: str, variant: str, root: Path):
+    """The step section's model with its method applied, and its fixed batch: ``(model, inputs)``. MiniLM
+    32 x 128, LoRA r=8 on q, v; SmolLM2 4 x 64, LoRA r=4 on q, v with dropout 0.1 (``variant``: lora | full_ft).
+    Also ``benchmarks/bench_compile.py``'s step."""
     import torch
 
     from lora_research.methods import build_method
     from lora_research.models import ModelConfig, load_model, resolve_family
 
     torch.manual_seed(0)
-    root = Path(os.environ.get("BENCH_OURS_ROOT", str(ROOT)))
     g = torch.Generator().manual_seed(0)
-    fast = model_name.endswith("_fast")  # minilm_fast: the dropout masks of trainer.fast_dropout=true, both arms
-    model_name = model_name.removesuffix("_fast")
     if model_name == "minilm":
         cfg = ModelConfig()
         model = load_model(cfg, num_labels=2)
-        batch, seq, lora = 32, 128, {"name": "lora", "r": 8, "alpha": 16, "targets": ["q", "v"]}
-        ids = torch.randint(1000, 30000, (batch, seq), generator=g)
-        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.randint(0, 2, (batch,), generator=g)}
+        lora = {"name": "lora", "r": 8, "alpha": 16, "targets": ["q", "v"]}
+        ids = torch.randint(1000, 30000, (32, 128), generator=g)
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.randint(0, 2, (32,), generator=g)}
     else:
         cfg = smollm2_model_config(root)
         model = load_model(cfg, head="generation")
-        batch, seq, lora = 4, 64, {"name": "lora", "r": 4, "alpha": 32, "dropout": 0.1, "targets": ["q", "v"]}
-        ids = torch.randint(1000, 40000, (batch, seq), generator=g)
+        lora = {"name": "lora", "r": 4, "alpha": 32, "dropout": 0.1, "targets": ["q", "v"]}
+        ids = torch.randint(1000, 40000, (4, 64), generator=g)
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
-    family = resolve_family(cfg)
-    build_method(lora if variant == "lora" else {"name": "full_ft"}).apply(model, family)
+    build_method(lora if variant == "lora" else {"name": "full_ft"}).apply(model, resolve_family(cfg))
+    return model, inputs
+
+
+def _step_worker(model_name: str, variant: str, steps: int, warmup: int, out: str) -> None:
+    sys.path.insert(0, os.environ.get("BENCH_OURS_ROOT", str(ROOT)))
+    import torch
+
+    root = Path(os.environ.get("BENCH_OURS_ROOT", str(ROOT)))
+    fast = model_name.endswith("_fast")  # minilm_fast: the dropout masks of trainer.fast_dropout=true, both arms
+    model, inputs = step_model(model_name.removesuffix("_fast"), variant, root)
+    batch, seq = inputs["input_ids"].shape
     if fast:
         from lora_research import fast_dropout
 
