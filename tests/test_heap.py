@@ -68,21 +68,21 @@ import json, sys, torch
 sys.path.insert(0, sys.argv[1])
 from lora_research import heap
 
-def mapped(address):
+def mapping(address):  # the last field of the /proc/self/maps line that maps address ("" if unnamed), else None
     with open("/proc/self/maps") as f:
-        return any(lo <= address < hi for lo, hi in ((int(x, 16) for x in line.split()[0].split("-")) for line in f))
-
-def in_heap(address):
-    with open("/proc/self/maps") as f:
-        return any(lo <= address < hi for lo, hi, brk in ((*(int(x, 16) for x in line.split()[0].split("-")),
-                                                          line.rstrip().endswith("[heap]")) for line in f) if brk)
+        for line in f:
+            fields = line.split()
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            if lo <= address < hi:
+                return fields[5] if len(fields) > 5 else ""
+    return None
 
 def block(mb):  # [in the brk heap while alive, still mapped after it is freed]
     t = torch.ones(int(mb * 2 ** 20) // 4)
     address = t.data_ptr() + t.nbytes // 2
-    alive = in_heap(address)
+    alive = mapping(address) == "[heap]"
     del t
-    return [alive, mapped(address)]
+    return [alive, mapping(address) is not None]
 
 big = torch.zeros(24 * 2 ** 20 // 4)
 del big  # glibc's own threshold rises to 24 MB: blocks up to that size are heap from now on
